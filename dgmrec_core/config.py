@@ -1,0 +1,98 @@
+"""Hyperparameters. Defaults are the paper's best Amazon Baby configuration (DESIGN.md section 2)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+
+
+@dataclass
+class DGMRecConfig:
+    """All settable options of the model and its training, with their help text in ``HELP``."""
+
+    embedding_size: int = 64
+    n_ui_layers: int = 3
+    n_mm_layers: int = 2
+    knn_k: int = 10
+    additive: float = 0.1
+    avg_lambda: float = 0.4
+    refresh_every: int = 5
+    inter_modal: float = 0.01
+    inter_modal_temp: float = 0.4
+    intra_modal: float = 0.01
+    intra_modal_temp: float = 0.2
+    align_bm: float = 0.01
+    align_bm_temp: float = 0.4
+    recon: float = 0.1
+    reg: float = 0.1
+    reg_id: float = 1e-5
+    sampler: float = 0.01
+    club_steps: int = 5
+    club_lr: float = 1e-4
+    lr: float = 1e-3
+    batch_size: int = 2048
+    epochs: int = 300
+    patience: int = 20
+    eval_every: int = 1
+    imputation: str = "mean"
+    generation: bool = True
+    use_modalities: bool = True
+    train_features: bool = False
+    seed: int = 2024
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "DGMRecConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(source, f"unknown config option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "DGMRecConfig":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(path, f"cannot read config: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DataError(path, "config must be a JSON object")
+        return cls.from_dict(data, source=str(path))
+
+
+HELP: dict[str, str] = {
+    "embedding_size": "embedding size d of every representation",
+    "n_ui_layers": "LightGCN layers on the user-item graph",
+    "n_mm_layers": "propagation layers on each modality's item kNN graph",
+    "knn_k": "neighbours per item in the modality kNN graphs",
+    "additive": "weight of the generation losses (specific generators and cross-modal translators)",
+    "avg_lambda": "blend of a rebuilt kNN row into the old one for generated items: new = l*rebuilt + (1-l)*old",
+    "refresh_every": "epochs between kNN-row refreshes of generated items",
+    "inter_modal": "weight of the inter-modal InfoNCE (general parts of different modalities, items and users)",
+    "inter_modal_temp": "temperature of the inter-modal InfoNCE",
+    "intra_modal": "weight of the user-item InfoNCE alignments (CF, general, specific spaces)",
+    "intra_modal_temp": "temperature of the user-item InfoNCE alignments",
+    "align_bm": "weight of the behaviour-modality InfoNCE (ID embedding vs summed general)",
+    "align_bm_temp": "temperature of the behaviour-modality InfoNCE",
+    "recon": "weight of the feature reconstruction loss (decoder([g, s]) -> x)",
+    "reg": "L2 weight on the modality representations",
+    "reg_id": "L2 weight on the ID embeddings of the batch",
+    "sampler": "weight of the CLUB mutual-information upper bound between specific and general parts",
+    "club_steps": "CLUB estimator optimisation steps per epoch",
+    "club_lr": "learning rate of the CLUB estimator's own optimiser",
+    "lr": "Adam learning rate",
+    "batch_size": "BPR triples per batch",
+    "epochs": "maximum training epochs",
+    "patience": "early stopping: evaluations without a better validation Recall@20",
+    "eval_every": "epochs between validation evaluations",
+    "imputation": "initial fill of missing feature rows: 'mean' of observed rows or 'zero'",
+    "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
+    "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
+    "train_features": "make raw feature rows trainable parameters, as the official code does",
+    "seed": "random seed of initialisation, sampling and masks",
+}
