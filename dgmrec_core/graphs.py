@@ -1,0 +1,119 @@
+"""Sparse graphs: the user-item LightGCN adjacency, mean-aggregation matrices and modality kNN graphs.
+
+Nothing here builds a dense items x items matrix: kNN search runs in row chunks whose size bounds the
+memory, and every graph is a torch sparse tensor.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# A kNN backend: (features (n, d) float tensor, k) -> (neighbour indices (n, k) long, similarities (n, k)).
+KnnFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _sparse(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """A coalesced sparse COO tensor (duplicate entries summed)."""
+    idx = torch.stack([rows.long(), cols.long()])
+    return torch.sparse_coo_tensor(idx, vals.float(), shape).coalesce()
+
+
+def bipartite_norm_adj(n_users: int, n_items: int, train: np.ndarray) -> torch.Tensor:
+    """Symmetric-normalised adjacency D^-1/2 A D^-1/2 of the (users + items) interaction graph."""
+    u = torch.as_tensor(train[:, 0], dtype=torch.long)
+    i = torch.as_tensor(train[:, 1], dtype=torch.long) + n_users
+    rows, cols = torch.cat([u, i]), torch.cat([i, u])
+    n = n_users + n_items
+    deg = torch.bincount(rows, minlength=n).float()
+    inv_sqrt = deg.clamp(min=1).pow(-0.5)
+    vals = inv_sqrt[rows] * inv_sqrt[cols]
+    return _sparse(rows, cols, vals, (n, n))
+
+
+def mean_aggregators(n_users: int, n_items: int, train: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(users x items, items x users) row-normalised interaction matrices.
+
+    The first averages item vectors over each user's items; the second averages user vectors over each
+    item's users (rows of items nobody interacted with are empty, so their mean is zero).
+    """
+    u = torch.as_tensor(train[:, 0], dtype=torch.long)
+    i = torch.as_tensor(train[:, 1], dtype=torch.long)
+    deg_u = torch.bincount(u, minlength=n_users).float().clamp(min=1)
+    deg_i = torch.bincount(i, minlength=n_items).float().clamp(min=1)
+    user_mean = _sparse(u, i, 1.0 / deg_u[u], (n_users, n_items))
+    item_mean = _sparse(i, u, 1.0 / deg_i[i], (n_items, n_users))
+    return user_mean, item_mean
+
+
+def chunked_cosine_knn(features: torch.Tensor, k: int, *, max_chunk_bytes: int = 256 << 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k cosine neighbours of every row (itself included), computed in row chunks.
+
+    Peak extra memory is about ``max_chunk_bytes`` whatever the number of rows.
+    """
+    x = F.normalize(features.float(), dim=1)
+    n = x.shape[0]
+    k = min(k, n)
+    chunk = max(1, min(n, max_chunk_bytes // max(1, 4 * n)))
+    idx_out = torch.empty(n, k, dtype=torch.long)
+    sim_out = torch.empty(n, k)
+    for start in range(0, n, chunk):
+        sims = x[start:start + chunk] @ x.T
+        top = sims.topk(k, dim=1)
+        sim_out[start:start + chunk] = top.values
+        idx_out[start:start + chunk] = top.indices
+    return idx_out, sim_out
+
+
+def normalised_knn(indices: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
+    """Sparse D^-1/2 A D^-1/2 of a kNN graph whose row i holds ``sims[i]`` at columns ``indices[i]``.
+
+    D is the row sum of A (as in LATTICE-style modality graphs); non-positive sums are guarded.
+    """
+    n, k = indices.shape
+    rows = torch.arange(n).repeat_interleave(k)
+    cols = indices.reshape(-1)
+    vals = sims.reshape(-1).clamp(min=0)
+    rowsum = torch.zeros(n).index_add_(0, rows, vals)
+    inv_sqrt = torch.where(rowsum > 0, rowsum.clamp(min=1e-12).pow(-0.5), torch.zeros_like(rowsum))
+    vals = inv_sqrt[rows] * vals * inv_sqrt[cols]
+    return _sparse(rows, cols, vals, (n, n))
+
+
+def modality_knn_graph(features: torch.Tensor, observed: torch.Tensor, k: int,
+                       knn_fn: KnnFn = chunked_cosine_knn) -> torch.Tensor:
+    """Normalised kNN graph of one modality with items missing it cut off from the others.
+
+    The kNN runs over all rows (missing rows hold their imputed values); then every edge touching a
+    missing item is removed and each missing item keeps a self-loop of weight 1, before normalisation.
+    """
+    idx, sims = knn_fn(features, k)
+    n = idx.shape[0]
+    missing = ~observed
+    keep = ~(missing[:, None] | missing[idx])
+    sims = torch.where(keep, sims, torch.zeros_like(sims))
+    miss_rows = torch.nonzero(missing).squeeze(1)
+    idx = torch.cat([idx, torch.arange(n)[:, None]], dim=1)
+    loop = torch.zeros(n, 1)
+    loop[miss_rows] = 1.0
+    sims = torch.cat([sims, loop], dim=1)
+    return normalised_knn(idx, sims)
+
+
+def refresh_rows(old: torch.Tensor, rebuilt: torch.Tensor, rows: torch.Tensor, lam: float) -> torch.Tensor:
+    """Blend rows ``rows`` of ``old`` towards ``rebuilt``: new = lam * rebuilt + (1 - lam) * old.
+
+    All other rows of ``old`` stay as they were.
+    """
+    n = old.shape[0]
+    in_set = torch.zeros(n, dtype=torch.bool)
+    in_set[rows] = True
+    o_idx, o_val = old.indices(), old.values()
+    r_idx, r_val = rebuilt.indices(), rebuilt.values()
+    o_scale = torch.where(in_set[o_idx[0]], torch.full_like(o_val, 1 - lam), torch.ones_like(o_val))
+    r_keep = in_set[r_idx[0]]
+    idx = torch.cat([o_idx, r_idx[:, r_keep]], dim=1)
+    vals = torch.cat([o_val * o_scale, r_val[r_keep] * lam])
+    return torch.sparse_coo_tensor(idx, vals, (n, n)).coalesce()

@@ -1,0 +1,311 @@
+"""The DGMRec model (DESIGN.md section 2) and its LightGCN collaborative branch.
+
+One class serves both: with ``config.use_modalities`` off it is plain LightGCN (the no-modality
+baseline); with ``config.generation`` off it keeps the mean-imputed features (the no-generation
+baseline). Graphs are sparse and rebuilt by ``attach``; they travel in checkpoints via ``graph_state``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DGMRecConfig
+from .data import Dataset
+from .features import impute
+from .graphs import (KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators, modality_knn_graph,
+                     normalised_knn, refresh_rows)
+from .losses import CLUB, bpr_loss, info_nce, l2_norms, perturb
+
+
+def _mlp(d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
+
+
+def _xavier(module: nn.Module) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+
+
+class DGMRec(nn.Module):
+    """DGMRec over ``len(names)`` modalities with feature dims ``dims``."""
+
+    GRAPH_KEYS = ("norm_adj", "user_mean", "item_mean")
+
+    def __init__(self, config: DGMRecConfig, n_users: int, n_items: int, dims: list[int], names: list[str]) -> None:
+        super().__init__()
+        self.config, self.n_users, self.n_items = config, n_users, n_items
+        self.names, self.dims = list(names), list(dims)
+        d = config.embedding_size
+        self.user_emb = nn.Embedding(n_users, d)
+        self.item_emb = nn.Embedding(n_items, d)
+        nn.init.xavier_uniform_(self.user_emb.weight)
+        nn.init.xavier_uniform_(self.item_emb.weight)
+        if config.use_modalities:
+            self.enc_general = nn.ModuleList(nn.Linear(dm, d) for dm in dims)
+            self.shared = nn.Linear(d, d)
+            self.enc_specific = nn.ModuleList(nn.Linear(dm, d) for dm in dims)
+            self.preference = nn.ModuleList(nn.Linear(d, d, bias=False) for _ in dims)
+            self.decoder = nn.ModuleList(nn.Linear(2 * d, dm) for dm in dims)
+            self.gen_specific = nn.ModuleList(_mlp(d) for _ in dims)
+            self.translator = nn.ModuleDict({self.pair_key(a, b): _mlp(d) for a in range(len(dims))
+                                             for b in range(len(dims)) if a != b})
+            self.club = nn.ModuleList(CLUB(d) for _ in dims)
+            _xavier(self)
+            for m, dm in enumerate(dims):
+                feat = torch.zeros(n_items, dm)
+                if config.train_features:
+                    self.register_parameter(f"feat_{m}", nn.Parameter(feat))
+                else:
+                    self.register_buffer(f"feat_{m}", feat)
+            self.register_buffer("observed", torch.ones(n_items, len(dims), dtype=torch.bool))
+        self.graphs: dict[str, torch.Tensor] = {}
+        self.epochs_generated = 0
+
+    # ----------------------------------------------------------------- set-up
+    def pair_key(self, src: int, dst: int) -> str:
+        return f"{self.names[src]}2{self.names[dst]}"
+
+    @property
+    def n_modalities(self) -> int:
+        return len(self.dims) if self.config.use_modalities else 0
+
+    def features(self, m: int) -> torch.Tensor:
+        return getattr(self, f"feat_{m}")
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the main optimiser: everything but the CLUB estimators."""
+        club = {id(p) for p in self.club.parameters()} if self.n_modalities else set()
+        return [p for p in self.parameters() if id(p) not in club]
+
+    def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn) -> None:
+        """Load the features (imputed) and build every graph from ``dataset``'s training split."""
+        train = dataset.interactions.train
+        self.graphs["norm_adj"] = bipartite_norm_adj(self.n_users, self.n_items, train)
+        self.graphs["user_mean"], self.graphs["item_mean"] = mean_aggregators(self.n_users, self.n_items, train)
+        if not self.n_modalities:
+            return
+        with torch.no_grad():
+            self.observed.copy_(torch.as_tensor(dataset.observed))
+            for m, mod in enumerate(dataset.modalities):
+                obs = self.observed[:, m]
+                self.features(m).copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
+                self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn)
+
+    def graph_state(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
+        """The sparse graphs as (indices, values, shape), for checkpoints."""
+        return {k: (g.indices(), g.values(), tuple(g.shape)) for k, g in self.graphs.items()}
+
+    def load_graph_state(self, state: dict) -> None:
+        self.graphs = {k: torch.sparse_coo_tensor(i, v, s).coalesce() for k, (i, v, s) in state.items()}
+
+    # --------------------------------------------------------- representations
+    def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """LightGCN: mean over layers of propagation on the normalised bipartite graph."""
+        h = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        layers = [h]
+        for _ in range(self.config.n_ui_layers):
+            h = torch.sparse.mm(self.graphs["norm_adj"], h)
+            layers.append(h)
+        out = torch.stack(layers).mean(0)
+        return out[: self.n_users], out[self.n_users:]
+
+    def general(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """General part g_m = sigmoid(W_shared tanh(W_m x))."""
+        return torch.sigmoid(self.shared(torch.tanh(self.enc_general[m](x))))
+
+    def specific(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """Specific part s_m = sigmoid(W'_m x)."""
+        return torch.sigmoid(self.enc_specific[m](x))
+
+    def user_filter(self, m: int, users: torch.Tensor | None = None) -> torch.Tensor:
+        """tanh(P_m e_u): the modality preference of ``users`` (all users when None)."""
+        emb = self.user_emb.weight if users is None else self.user_emb(users)
+        return torch.tanh(self.preference[m](emb))
+
+    def item_filters(self) -> list[torch.Tensor]:
+        """f_m(i): mean user preference over the users who interacted with item i, per modality."""
+        return [torch.sparse.mm(self.graphs["item_mean"], self.user_filter(m)) for m in range(self.n_modalities)]
+
+    def mean_filter(self, m: int) -> torch.Tensor:
+        """Catalog-wide mean preference of modality m (items with interactions), shape (d,)."""
+        f = self.item_filters()[m]
+        has = f.abs().sum(1) > 0
+        return f[has].mean(0) if has.any() else f.mean(0)
+
+    def propagate(self, m: int, h: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.config.n_mm_layers):
+            h = torch.sparse.mm(self.graphs[f"mm_{m}"], h)
+        return h
+
+    def to_users(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.sparse.mm(self.graphs["user_mean"], h)
+
+    def translate(self, src: int, dst: int, g: torch.Tensor) -> torch.Tensor:
+        """Cross-modal translator of general parts: g_src -> g_dst."""
+        return self.translator[self.pair_key(src, dst)](g)
+
+    def decode(self, m: int, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Decoder_m([g, s]) -> raw feature of modality m."""
+        return self.decoder[m](torch.cat([g, s], dim=1))
+
+    def forward_parts(self) -> dict[str, object]:
+        """Everything the loss and the scores need, for all users and items."""
+        e_u, e_i = self.cf_embeddings()
+        out: dict[str, object] = {"e_u": e_u, "e_i": e_i}
+        if not self.n_modalities:
+            return out
+        M = range(self.n_modalities)
+        g = [self.general(m, self.features(m)) for m in M]
+        s = [self.specific(m, self.features(m)) for m in M]
+        f = self.item_filters()
+        gf = [self.propagate(m, f[m] * g[m]) for m in M]
+        sf = [self.propagate(m, f[m] * s[m]) for m in M]
+        out.update(g=g, s=s, f=f, gf=gf, sf=sf, gu=[self.to_users(x) for x in gf], su=[self.to_users(x) for x in sf])
+        return out
+
+    def fuse(self, parts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """u = e_u + (mean_m g_m(u) + sum_m s_m(u)) / (M + 1); the same for items."""
+        if not self.n_modalities:
+            return parts["e_u"], parts["e_i"]
+        M = self.n_modalities
+        users = parts["e_u"] + (torch.stack(parts["gu"]).mean(0) + torch.stack(parts["su"]).sum(0)) / (M + 1)
+        items = parts["e_i"] + (torch.stack(parts["gf"]).mean(0) + torch.stack(parts["sf"]).sum(0)) / (M + 1)
+        return users, items
+
+    @torch.no_grad()
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused user and item embeddings; score(u, i) = u . i."""
+        return self.fuse(self.forward_parts())
+
+    # -------------------------------------------------------------------- loss
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total training loss of a BPR batch and its named terms."""
+        c = self.config
+        parts = self.forward_parts()
+        fu, fi = self.fuse(parts)
+        terms: dict[str, torch.Tensor] = {"bpr": bpr_loss(fu[users], fi[pos], fi[neg])}
+        e_u, e_i = parts["e_u"], parts["e_i"]
+        reg = c.reg_id * l2_norms(self.user_emb(users), self.item_emb(pos), self.item_emb(neg))
+        if self.n_modalities:
+            terms.update(self._modality_terms(parts, users, pos, neg))
+            reg = reg + c.reg * l2_norms(*[parts["gf"][m][pos] + parts["sf"][m][pos] for m in range(self.n_modalities)])
+        terms["reg"] = reg
+        total = sum(terms.values())
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    def _modality_terms(self, p: dict, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        c, M = self.config, self.n_modalities
+        batch_items = torch.unique(torch.cat([pos, neg]))
+        obs = self.observed[batch_items]
+        g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
+        inter = gen = 0.0
+        for a in range(M):
+            for b in range(M):
+                if a == b:
+                    continue
+                both = batch_items[obs[:, a] & obs[:, b]]
+                gen = gen + F.mse_loss(self.translate(a, b, perturb(gf[a][both])), gf[b][both]) if len(both) else gen
+                if a < b:
+                    inter = inter + info_nce(g[a][both], g[b][both], c.inter_modal_temp)
+                    inter = inter + info_nce(gu[a][users], gu[b][users], c.inter_modal_temp)
+        for m in range(M):
+            has = batch_items[obs[:, m]]
+            if len(has):
+                gen = gen + F.mse_loss(self.gen_specific[m](perturb(f[m][has])), s[m][has])
+        club = sum(self.club[m](sf[m], gf[m]) for m in range(M))
+        g_u, g_i = torch.stack(gu).sum(0), torch.stack(gf).sum(0)
+        intra = info_nce(p["e_u"][users], p["e_i"][pos], c.intra_modal_temp)
+        intra = intra + info_nce(g_u[users], g_i[pos], c.inter_modal_temp)
+        for m in range(M):
+            intra = intra + info_nce(su[m][users], sf[m][pos], c.intra_modal_temp)
+        bm = info_nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + info_nce(p["e_u"][users], g_u[users], c.align_bm_temp)
+        recon = sum(F.mse_loss(self.decode(m, perturb(gf[m].detach()), perturb(sf[m].detach())), self.features(m))
+                    for m in range(M))
+        return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
+                "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
+
+    # --------------------------------------------------- per-epoch procedures
+    def club_step(self, optimizer: torch.optim.Optimizer, steps: int, sample: int = 2048) -> float:
+        """Fit the CLUB estimators on (specific, general) pairs of random items; returns the last loss."""
+        with torch.no_grad():
+            p = self.forward_parts()
+        loss = torch.zeros(())
+        for _ in range(steps):
+            idx = torch.randperm(self.n_items)[:sample]
+            loss = sum(self.club[m].learning_loss(p["sf"][m][idx], p["gf"][m][idx]) for m in range(self.n_modalities))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return float(loss)
+
+    @torch.no_grad()
+    def generated_features(self, *, noise: bool = True) -> list[torch.Tensor]:
+        """Generated raw features of every item and modality (the caller keeps the rows it needs).
+
+        General part: the translators applied to the general parts of the item's observed modalities
+        (all other modalities when it observes none), propagated on the modality graph; specific part:
+        gen_m(f_m) propagated likewise; then decoder_m([g, s]).
+        """
+        M = self.n_modalities
+        g = [self.general(m, self.features(m)) for m in range(M)]
+        f = self.item_filters()
+        obs = self.observed.float()
+        out = []
+        for m in range(M):
+            srcs = [a for a in range(M) if a != m]
+            weights = torch.stack([obs[:, a] for a in srcs], 1)
+            weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
+            trans = torch.stack([self.translate(a, m, g[a]) for a in srcs], 1)
+            g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+            g_hat = self.propagate(m, g_hat)
+            s_hat = self.propagate(m, self.gen_specific[m](f[m]))
+            if noise:
+                g_hat, s_hat = perturb(g_hat), perturb(s_hat)
+            out.append(self.decode(m, g_hat, s_hat))
+        return out
+
+    @torch.no_grad()
+    def generate_missing(self) -> None:
+        """Write generated features into the rows of items missing each modality."""
+        for m, x_hat in enumerate(self.generated_features()):
+            miss = ~self.observed[:, m]
+            self.features(m)[miss] = x_hat[miss]
+        self.epochs_generated += 1
+
+    @torch.no_grad()
+    def refresh_graphs(self, knn_fn: KnnFn = chunked_cosine_knn) -> None:
+        """Blend the kNN rows of generated items towards a graph rebuilt on the current features."""
+        for m in range(self.n_modalities):
+            idx, sims = knn_fn(self.features(m), self.config.knn_k)
+            rebuilt = normalised_knn(idx, sims)
+            rows = torch.nonzero(~self.observed[:, m]).squeeze(1)
+            self.graphs[f"mm_{m}"] = refresh_rows(self.graphs[f"mm_{m}"], rebuilt, rows, self.config.avg_lambda)
+
+    # ------------------------------------------------------------ query path
+    @torch.no_grad()
+    def query_to_modality(self, src: int, dst: int, x: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """Translate raw features ``x`` (B, d_src) of modality ``src`` into raw features of ``dst``.
+
+        General part through the translator; specific part from gen_dst applied to the user's preference
+        (personalised) or to the catalog-wide mean preference; decoder_dst on both (DESIGN.md section 3).
+        """
+        g = self.translate(src, dst, self.general(src, x))
+        if users is None:
+            pref = self.mean_filter(dst).expand(x.shape[0], -1)
+        else:
+            pref = self.user_filter(dst, users)
+        return self.decode(dst, g, self.gen_specific[dst](pref))
+
+    @torch.no_grad()
+    def cold_item_embeddings(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Fused embeddings of items outside the training graph, from (completed) raw features alone.
+
+        They have no ID embedding and no interactions, so the catalog's mean preference stands in for f.
+        """
+        M = self.n_modalities
+        g = [self.mean_filter(m) * self.general(m, feats[m]) for m in range(M)]
+        s = [self.mean_filter(m) * self.specific(m, feats[m]) for m in range(M)]
+        return (torch.stack(g).mean(0) + torch.stack(s).sum(0)) / (M + 1)

@@ -1,0 +1,170 @@
+"""Training: seeded BPR batches, per-epoch generation and graph refresh, early stopping, checkpoints."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import dataset_fingerprint, model_shape, model_state, read_checkpoint, restore_state, save_checkpoint
+from .config import DGMRecConfig
+from .data import Dataset
+from .errors import DataError
+from .graphs import KnnFn, chunked_cosine_knn
+from .metrics import evaluate_ranking
+from .model import DGMRec
+
+KS = (10, 20, 50)
+SELECT = "recall@20"
+
+
+class NegativeSampler:
+    """Uniform negatives outside each user's training items, vectorised (a few rejection rounds)."""
+
+    def __init__(self, train: np.ndarray, n_items: int, rng: np.random.Generator) -> None:
+        self.n_items, self.rng = n_items, rng
+        self.keys = np.unique(train[:, 0].astype(np.int64) * n_items + train[:, 1])
+
+    def sample(self, users: np.ndarray) -> np.ndarray:
+        neg = self.rng.integers(0, self.n_items, size=len(users))
+        for _ in range(20):
+            keys = users.astype(np.int64) * self.n_items + neg
+            pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+            bad = np.nonzero(self.keys[pos] == keys)[0]
+            if not len(bad):
+                break
+            neg[bad] = self.rng.integers(0, self.n_items, size=len(bad))
+        return neg
+
+
+@dataclass
+class TrainResult:
+    """The trained (best-validation) model, per-epoch history and final metrics."""
+
+    model: DGMRec
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = -1
+    valid: dict[str, float] = field(default_factory=dict)
+    test: dict[str, float] = field(default_factory=dict)
+    test_new_items: dict[str, float] | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def evaluate(model: DGMRec, dataset: Dataset, split: str, *, new_items_only: bool = False) -> dict[str, float]:
+    """Full-ranking Recall/NDCG/Hit@10/20/50 on ``split`` ('valid' or 'test'), training items excluded."""
+    model.eval()
+    users, items = model.final_embeddings()
+    inter = dataset.interactions
+    item_filter = dataset.new_items if new_items_only else None
+    return evaluate_ranking(lambda u: users[u] @ items.T, inter.n_items, inter.train, getattr(inter, split),
+                            ks=KS, item_filter=item_filter)
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
+        knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True) -> TrainResult:
+    """Train DGMRec (or a baseline, by ``config``) on ``dataset``; early stopping on valid Recall@20.
+
+    With ``checkpoint``, the state is saved atomically after every evaluation; ``resume`` continues
+    from it (the checkpoint's data fingerprint must match ``dataset``).
+    """
+    inter = dataset.interactions
+    if len(inter.train) == 0:
+        raise DataError(None, "the training split is empty")
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
+                   [m.name for m in dataset.modalities])
+    model.attach(dataset, knn_fn)
+    opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
+    club_opt = torch.optim.Adam(model.club.parameters(), lr=config.club_lr) if model.n_modalities else None
+    fingerprint = dataset_fingerprint(dataset)
+    history: list[dict[str, Any]] = []
+    best_score, best_epoch, best_state, stale, start = -1.0, -1, model_state(model), 0, 0
+
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        payload = read_checkpoint(checkpoint)
+        if payload["fingerprint"] != fingerprint:
+            raise DataError(checkpoint, "checkpoint was trained on different data (fingerprint mismatch)")
+        cur = payload["current"]
+        restore_state(model, cur["state"])
+        opt.load_state_dict(cur["opt"])
+        if club_opt is not None:
+            club_opt.load_state_dict(cur["club_opt"])
+        _set_rng_state(rng, cur["rng"])
+        history, best_state = payload["history"], payload["best"]
+        best_score, best_epoch, stale, start = cur["best_score"], payload["best_epoch"], cur["stale"], cur["epoch"] + 1
+
+    sampler = NegativeSampler(inter.train, inter.n_items, rng)
+    n_batches = max(1, -(-len(inter.train) // config.batch_size))
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        if model.n_modalities:
+            model.club_step(club_opt, config.club_steps)
+            if config.generation:
+                model.generate_missing()
+                if (epoch + 1) % config.refresh_every == 0:
+                    model.refresh_graphs(knn_fn)
+        order = rng.permutation(len(inter.train))
+        sums: dict[str, float] = {}
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
+        for b in bar:
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            users = inter.train[rows, 0]
+            batch = (torch.as_tensor(users), torch.as_tensor(inter.train[rows, 1]),
+                     torch.as_tensor(sampler.sample(users)))
+            loss, terms = model.loss(*batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                                  "loss": {k: v / n_batches for k, v in sums.items()}}
+        if (epoch + 1) % config.eval_every == 0:
+            record["valid"] = evaluate(model, dataset, "valid")
+            if record["valid"][SELECT] > best_score:
+                best_score, best_epoch, best_state, stale = record["valid"][SELECT], epoch + 1, model_state(model), 0
+            else:
+                stale += 1
+        history.append(record)
+        if progress:
+            valid = record.get("valid", {}).get(SELECT)
+            tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
+                       f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
+        if checkpoint is not None and "valid" in record:
+            save_checkpoint(checkpoint, {
+                "config": config.to_dict(), "shape": model_shape(model), "fingerprint": fingerprint,
+                "history": history, "best": best_state, "best_epoch": best_epoch,
+                "current": {"state": model_state(model), "opt": opt.state_dict(),
+                            "club_opt": club_opt.state_dict() if club_opt is not None else None,
+                            "rng": _rng_state(rng), "epoch": epoch, "best_score": best_score, "stale": stale}})
+        if stale >= config.patience:
+            break
+
+    restore_state(model, best_state)
+    result = TrainResult(model, history, best_epoch, evaluate(model, dataset, "valid"), evaluate(model, dataset, "test"))
+    if dataset.new_items is not None and len(dataset.new_items):
+        result.test_new_items = evaluate(model, dataset, "test", new_items_only=True)
+    return result

@@ -1,0 +1,323 @@
+"""Catalog ingestion: items with a text, an image, both or neither, from CSV/TSV or JSONL.
+
+Everything is validated before anything is returned. Row numbers are the line numbers a user sees in
+the file: for CSV/TSV the header is line 1, for JSONL the first line is line 1.
+
+With ``skip_bad=False`` every problem is collected and raised as one :class:`DataError`. With
+``skip_bad=True`` bad rows are dropped and reported as :class:`Problem` values. A bad image (missing,
+unreadable, corrupt, too large) never drops its item: the item stays and its image becomes missing
+(``Problem.skipped == "image"``), since DGMRec generates missing modalities anyway.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from dgmrec_core.errors import DataError
+
+REQUIRED_COLUMNS = ("item_id", "text", "image")
+MAX_LISTED_PROBLEMS = 10
+_PROGRESS_MIN_IMAGES = 200
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad catalog row: its line in the file, its item id (if known) and what is wrong.
+
+    ``skipped`` says what ``skip_bad`` dropped: the whole ``"row"`` or only its ``"image"``.
+    """
+
+    row: int
+    item_id: str | None
+    reason: str
+    skipped: Literal["row", "image"] = "row"
+
+    def __str__(self) -> str:
+        item = f" (item {self.item_id!r})" if self.item_id else ""
+        return f"line {self.row}{item}: {self.reason}"
+
+
+@dataclass
+class Catalog:
+    """Items in file order. ``image_paths`` are absolute; ``None`` marks a missing modality."""
+
+    item_ids: list[str]
+    texts: list[str | None]
+    image_paths: list[Path | None]
+    source: Path
+    extra: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.extra:
+            self.extra = [{} for _ in self.item_ids]
+        sizes = {len(self.item_ids), len(self.texts), len(self.image_paths), len(self.extra)}
+        if len(sizes) != 1:
+            raise ValueError("Catalog fields item_ids, texts, image_paths and extra differ in length")
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def has_text(self) -> np.ndarray:
+        """Bool array (n_items,): the item has a text."""
+        return np.array([t is not None for t in self.texts], dtype=bool)
+
+    @property
+    def has_image(self) -> np.ndarray:
+        """Bool array (n_items,): the item has an image."""
+        return np.array([p is not None for p in self.image_paths], dtype=bool)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Item id -> position in the catalog."""
+        return {item_id: i for i, item_id in enumerate(self.item_ids)}
+
+
+@dataclass
+class _Record:
+    row: int
+    item_id: str
+    text: str | None
+    image: str | None
+    extra: dict[str, Any]
+
+
+def _raise_problems(path: Path, problems: list[Problem]) -> None:
+    """Raise one DataError listing the first problems in full plus a count of the rest."""
+    if not problems:
+        return
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_LISTED_PROBLEMS])
+    more = len(problems) - MAX_LISTED_PROBLEMS
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    err = DataError(path, f"{len(problems)} bad row(s):\n{shown}{tail}")
+    err.row = problems[0].row
+    raise err
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read file: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(path, f"not UTF-8 text ({e.reason})", row=data[:e.start].count(b"\n") + 1) from e
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (start line, fields) for each non-blank CSV record."""
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=delimiter)
+    prev_end = 0
+    try:
+        for fields in reader:
+            start, prev_end = prev_end + 1, reader.line_num
+            if len(fields) > 1 or (fields and fields[0].strip()):  # skip blank lines only
+                yield start, fields
+    except csv.Error as e:
+        raise DataError(path, f"malformed CSV: {e}", row=reader.line_num) from e
+
+
+def _csv_header(path: Path, header: list[str], required: tuple[str, ...]) -> list[str]:
+    """Strip a CSV header and check it has the ``required`` columns and no duplicates."""
+    names = [h.strip() for h in header]
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise DataError(path, f"missing required column(s) {', '.join(map(repr, missing))}; "
+                              f"found {', '.join(map(repr, names))}", row=1)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(path, f"duplicate column(s) {', '.join(map(repr, dupes))}", row=1)
+    return names
+
+
+def _delimiter_for(path: Path) -> str:
+    """Tab for .tsv files, comma otherwise."""
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
+def _parse_csv(path: Path) -> tuple[list[_Record], list[Problem]]:
+    rows = _csv_rows(path, _delimiter_for(path))
+    first = next(rows, None)
+    if first is None:
+        raise DataError(path, "empty file: expected a header with columns " + ", ".join(REQUIRED_COLUMNS))
+    names = _csv_header(path, first[1], REQUIRED_COLUMNS)
+    records, problems = [], []
+    for line, fields in rows:
+        if len(fields) != len(names):
+            item_id = fields[names.index("item_id")].strip() if len(fields) > names.index("item_id") else None
+            problems.append(Problem(line, item_id or None,
+                                    f"has {len(fields)} fields but the header has {len(names)}"))
+            continue
+        values = dict(zip(names, fields))
+        extra = {k: v for k, v in values.items() if k not in REQUIRED_COLUMNS}
+        records.append(_Record(line, values["item_id"].strip(), values["text"], values["image"], extra))
+    return records, problems
+
+
+def _parse_jsonl(path: Path) -> tuple[list[_Record], list[Problem]]:
+    records, problems = [], []
+    for line, raw in enumerate(_read_text(path).split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            problems.append(Problem(line, None, f"malformed JSON: {e.msg} (column {e.colno})"))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(Problem(line, None, f"expected a JSON object, got {type(obj).__name__}"))
+            continue
+        item_id = obj.get("item_id")
+        if isinstance(item_id, int) and not isinstance(item_id, bool):
+            item_id = str(item_id)
+        if item_id is not None and not isinstance(item_id, str):
+            problems.append(Problem(line, None, "field 'item_id' must be a string or an integer"))
+            continue
+        item_id = (item_id or "").strip()
+        bad = [k for k in ("text", "image") if obj.get(k) is not None and not isinstance(obj[k], str)]
+        if bad:
+            problems.append(Problem(line, item_id or None, f"field '{bad[0]}' must be a string or null"))
+            continue
+        extra = {k: v for k, v in obj.items() if k not in REQUIRED_COLUMNS}
+        records.append(_Record(line, item_id, obj.get("text"), obj.get("image"), extra))
+    return records, problems
+
+
+def _check_image(path: Path) -> str | None:
+    """Return why the image at ``path`` is unusable, or None when it opens and verifies."""
+    if not path.exists():
+        return f"image file not found: {path}"
+    if not path.is_file():
+        return f"image path is not a file: {path}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return f"image too large (possible decompression bomb): {path}: {e}"
+    except Exception as e:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
+        return f"image unreadable or corrupt: {path}: {e}"
+    return None
+
+
+def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | None], list[Problem]]:
+    """Resolve image paths relative to ``base``; return them (None when bad or empty) and the problems."""
+    paths: list[Path | None] = []
+    problems: list[Problem] = []
+    n_images = sum(1 for r in records if r.image and r.image.strip())
+    bar = tqdm(total=n_images, desc="checking images", unit="img", leave=False,
+               disable=n_images < _PROGRESS_MIN_IMAGES)
+    for rec in records:
+        rel = (rec.image or "").strip()
+        if not rel:
+            paths.append(None)
+            continue
+        path = (base / rel).resolve()
+        reason = _check_image(path)
+        bar.update()
+        if reason:
+            problems.append(Problem(rec.row, rec.item_id, reason, skipped="image"))
+        paths.append(None if reason else path)
+    bar.close()
+    return paths, problems
+
+
+def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, list[Problem]]:
+    """Load and validate a catalog (.csv, .tsv or .jsonl) with ``item_id``, ``text``, ``image``.
+
+    Empty ``text``/``image`` values mean a missing modality; other columns land in ``extra``.
+    Raises DataError listing every problem unless ``skip_bad``, in which case bad rows are dropped,
+    bad images are dropped from their (kept) items, and the problems are returned.
+    """
+    path = Path(path).resolve()
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        records, problems = _parse_jsonl(path)
+    elif suffix in (".csv", ".tsv"):
+        records, problems = _parse_csv(path)
+    else:
+        raise DataError(path, "unknown catalog format: expected a .csv, .tsv or .jsonl file")
+
+    kept: list[_Record] = []
+    first_line: dict[str, int] = {}
+    for rec in records:
+        if not rec.item_id:
+            problems.append(Problem(rec.row, None, "no item_id"))
+        elif rec.item_id in first_line:
+            problems.append(Problem(rec.row, rec.item_id,
+                                    f"duplicate item_id (first on line {first_line[rec.item_id]})"))
+        else:
+            first_line[rec.item_id] = rec.row
+            kept.append(rec)
+
+    image_paths, image_problems = _image_problems(kept, path.parent)
+    problems = sorted(problems + image_problems, key=lambda p: p.row)
+    if not skip_bad:
+        _raise_problems(path, problems)
+    if not kept:
+        raise DataError(path, "no valid items" if records or problems else "no items")
+
+    texts = [rec.text if rec.text and rec.text.strip() else None for rec in kept]
+    catalog = Catalog(item_ids=[rec.item_id for rec in kept], texts=texts, image_paths=image_paths,
+                      source=path, extra=[rec.extra for rec in kept])
+    return catalog, problems
+
+
+def load_catalog_interactions(path: str | Path, catalog: Catalog
+                              ) -> tuple[list[str], list[str], np.ndarray | None]:
+    """Read a CSV/TSV interactions file (``user_id``, ``item_id``, optional ``rating``, ``timestamp``).
+
+    Every item id must be in ``catalog``; bad rows raise one DataError with their line numbers.
+    Returns (user ids, item ids, float64 timestamps or None when there is no ``timestamp`` column).
+    """
+    path = Path(path).resolve()
+    rows = _csv_rows(path, _delimiter_for(path))
+    first = next(rows, None)
+    if first is None:
+        raise DataError(path, "empty file: expected a header with columns user_id, item_id")
+    names = _csv_header(path, first[1], ("user_id", "item_id"))
+    col_user, col_item = names.index("user_id"), names.index("item_id")
+    col_time = names.index("timestamp") if "timestamp" in names else None
+
+    users: list[str] = []
+    items: list[str] = []
+    times: list[float] = []
+    problems: list[Problem] = []
+    known = catalog.index
+    for line, fields in rows:
+        if len(fields) != len(names):
+            problems.append(Problem(line, None, f"has {len(fields)} fields but the header has {len(names)}"))
+            continue
+        user, item = fields[col_user].strip(), fields[col_item].strip()
+        if not user or not item:
+            problems.append(Problem(line, item or None, "empty user_id or item_id"))
+            continue
+        if item not in known:
+            problems.append(Problem(line, item, f"unknown item_id (not in catalog {catalog.source.name})"))
+            continue
+        if col_time is not None:
+            try:
+                times.append(float(fields[col_time]))
+            except ValueError:
+                problems.append(Problem(line, item, f"timestamp {fields[col_time]!r} is not a number"))
+                continue
+        users.append(user)
+        items.append(item)
+    _raise_problems(path, problems)
+    if not users:
+        raise DataError(path, "no interactions")
+    return users, items, (np.asarray(times, dtype=np.float64) if col_time is not None else None)
