@@ -17,6 +17,7 @@ class DGMRecConfig:
     n_ui_layers: int = 3
     n_mm_layers: int = 2
     knn_k: int = 10
+    knn_observed_only: bool = False
     additive: float = 0.1
     avg_lambda: float = 0.4
     refresh_every: int = 5
@@ -70,6 +71,8 @@ HELP: dict[str, str] = {
     "n_ui_layers": "LightGCN layers on the user-item graph",
     "n_mm_layers": "propagation layers on each modality's item kNN graph",
     "knn_k": "neighbours per item in the modality kNN graphs",
+    "knn_observed_only": "build each modality's kNN among items observing it (off = the paper's code: "
+                         "search all items, then cut edges to missing ones)",
     "additive": "weight of the generation losses (specific generators and cross-modal translators)",
     "avg_lambda": "blend of a rebuilt kNN row into the old one for generated items: new = l*rebuilt + (1-l)*old",
     "refresh_every": "epochs between kNN-row refreshes of generated items",

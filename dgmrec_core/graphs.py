@@ -18,7 +18,7 @@ KnnFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 def _sparse(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A coalesced sparse COO tensor (duplicate entries summed)."""
     idx = torch.stack([rows.long(), cols.long()])
-    return torch.sparse_coo_tensor(idx, vals.float(), shape).coalesce()
+    return torch.sparse_coo_tensor(idx, vals.float(), shape, check_invariants=False).coalesce()
 
 
 def bipartite_norm_adj(n_users: int, n_items: int, train: np.ndarray) -> torch.Tensor:
@@ -79,26 +79,35 @@ def normalised_knn(indices: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
     rowsum = torch.zeros(n).index_add_(0, rows, vals)
     inv_sqrt = torch.where(rowsum > 0, rowsum.clamp(min=1e-12).pow(-0.5), torch.zeros_like(rowsum))
     vals = inv_sqrt[rows] * vals * inv_sqrt[cols]
-    return _sparse(rows, cols, vals, (n, n))
+    keep = vals > 0
+    return _sparse(rows[keep], cols[keep], vals[keep], (n, n))
 
 
 def modality_knn_graph(features: torch.Tensor, observed: torch.Tensor, k: int,
-                       knn_fn: KnnFn = chunked_cosine_knn) -> torch.Tensor:
+                       knn_fn: KnnFn = chunked_cosine_knn, *, observed_only: bool = False) -> torch.Tensor:
     """Normalised kNN graph of one modality with items missing it cut off from the others.
 
-    The kNN runs over all rows (missing rows hold their imputed values); then every edge touching a
-    missing item is removed and each missing item keeps a self-loop of weight 1, before normalisation.
+    As in the paper's code, the kNN runs over all rows (missing rows hold their imputed values), then
+    every edge touching a missing item is removed; each missing item keeps a self-loop of weight 1.
+    Imputed rows are all alike and often nearest to everything, so this can leave observed items with
+    few neighbours; ``observed_only`` searches among observed items instead, so each keeps k of them.
     """
-    idx, sims = knn_fn(features, k)
-    n = idx.shape[0]
+    n = features.shape[0]
+    if observed_only:
+        rows = torch.nonzero(observed).squeeze(1)
+        sub_idx, sims = knn_fn(features[rows], k)
+        idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
+        idx[rows] = rows[sub_idx]
+        full = torch.zeros(n, sub_idx.shape[1])
+        full[rows] = sims
+        sims = full
+    else:
+        idx, sims = knn_fn(features, k)
     missing = ~observed
     keep = ~(missing[:, None] | missing[idx])
     sims = torch.where(keep, sims, torch.zeros_like(sims))
-    miss_rows = torch.nonzero(missing).squeeze(1)
     idx = torch.cat([idx, torch.arange(n)[:, None]], dim=1)
-    loop = torch.zeros(n, 1)
-    loop[miss_rows] = 1.0
-    sims = torch.cat([sims, loop], dim=1)
+    sims = torch.cat([sims, missing.float()[:, None]], dim=1)
     return normalised_knn(idx, sims)
 
 
@@ -116,4 +125,4 @@ def refresh_rows(old: torch.Tensor, rebuilt: torch.Tensor, rows: torch.Tensor, l
     r_keep = in_set[r_idx[0]]
     idx = torch.cat([o_idx, r_idx[:, r_keep]], dim=1)
     vals = torch.cat([o_val * o_scale, r_val[r_keep] * lam])
-    return torch.sparse_coo_tensor(idx, vals, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(idx, vals, (n, n), check_invariants=False).coalesce()

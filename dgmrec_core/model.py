@@ -92,14 +92,15 @@ class DGMRec(nn.Module):
             for m, mod in enumerate(dataset.modalities):
                 obs = self.observed[:, m]
                 self.features(m).copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
-                self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn)
+                self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn,
+                                                             observed_only=self.config.knn_observed_only)
 
     def graph_state(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
         """The sparse graphs as (indices, values, shape), for checkpoints."""
         return {k: (g.indices(), g.values(), tuple(g.shape)) for k, g in self.graphs.items()}
 
     def load_graph_state(self, state: dict) -> None:
-        self.graphs = {k: torch.sparse_coo_tensor(i, v, s).coalesce() for k, (i, v, s) in state.items()}
+        self.graphs = {k: torch.sparse_coo_tensor(i, v, s, check_invariants=False).coalesce() for k, (i, v, s) in state.items()}
 
     # --------------------------------------------------------- representations
     def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +240,7 @@ class DGMRec(nn.Module):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     @torch.no_grad()
     def generated_features(self, *, noise: bool = True) -> list[torch.Tensor]:

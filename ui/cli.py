@@ -1,0 +1,36 @@
+"""`dgmrec`: the command line. Each command group lives in its own module and registers itself here."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dgmrec_core.errors import DataError
+
+# Modules that each define `register(subparsers)`; a command's handler is stored as `func`.
+COMMAND_MODULES = ("ui.cli_train", "ui.cli_index", "ui.cli_app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dgmrec", description="DGMRec Search: recommendation and cross-modal retrieval with missing modalities.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
