@@ -84,7 +84,7 @@ HELP: dict[str, str] = {
     "align_bm_temp": "temperature of the behaviour-modality InfoNCE",
     "recon": "weight of the feature reconstruction loss (decoder([g, s]) -> x)",
     "reg": "L2 weight on the modality representations",
-    "reg_id": "L2 weight on the ID embeddings of the batch",
+    "reg_id": "L2 weight on the batch's collaborative (LightGCN) embeddings",
     "sampler": "weight of the CLUB mutual-information upper bound between specific and general parts",
     "club_steps": "CLUB estimator optimisation steps per epoch",
     "club_lr": "learning rate of the CLUB estimator's own optimiser",

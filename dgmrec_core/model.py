@@ -148,9 +148,10 @@ class DGMRec(nn.Module):
         """Cross-modal translator of general parts: g_src -> g_dst."""
         return self.translator[self.pair_key(src, dst)](g)
 
-    def decode(self, m: int, g: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Decoder_m([g, s]) -> raw feature of modality m."""
-        return self.decoder[m](torch.cat([g, s], dim=1))
+    def decode(self, m: int, g: torch.Tensor, s: torch.Tensor, *, noise: bool = False) -> torch.Tensor:
+        """Decoder_m([g, s]) -> raw feature of modality m; ``noise`` perturbs [g, s] first (training)."""
+        gs = torch.cat([g, s], dim=1)
+        return self.decoder[m](perturb(gs) if noise else gs)
 
     def forward_parts(self) -> dict[str, object]:
         """Everything the loss and the scores need, for all users and items."""
@@ -189,7 +190,7 @@ class DGMRec(nn.Module):
         fu, fi = self.fuse(parts)
         terms: dict[str, torch.Tensor] = {"bpr": bpr_loss(fu[users], fi[pos], fi[neg])}
         e_u, e_i = parts["e_u"], parts["e_i"]
-        reg = c.reg_id * l2_norms(self.user_emb(users), self.item_emb(pos), self.item_emb(neg))
+        reg = c.reg_id * l2_norms(e_u[users], e_i[pos], e_i[neg])
         if self.n_modalities:
             terms.update(self._modality_terms(parts, users, pos, neg))
             reg = reg + c.reg * l2_norms(*[parts["gf"][m][pos] + parts["sf"][m][pos] for m in range(self.n_modalities)])
@@ -223,7 +224,7 @@ class DGMRec(nn.Module):
         for m in range(M):
             intra = intra + info_nce(su[m][users], sf[m][pos], c.intra_modal_temp)
         bm = info_nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + info_nce(p["e_u"][users], g_u[users], c.align_bm_temp)
-        recon = sum(F.mse_loss(self.decode(m, perturb(gf[m].detach()), perturb(sf[m].detach())), self.features(m))
+        recon = sum(F.mse_loss(self.decode(m, gf[m].detach(), sf[m].detach(), noise=True), self.features(m))
                     for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
@@ -263,9 +264,7 @@ class DGMRec(nn.Module):
             g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
             g_hat = self.propagate(m, g_hat)
             s_hat = self.propagate(m, self.gen_specific[m](f[m]))
-            if noise:
-                g_hat, s_hat = perturb(g_hat), perturb(s_hat)
-            out.append(self.decode(m, g_hat, s_hat))
+            out.append(self.decode(m, g_hat, s_hat, noise=noise))
         return out
 
     @torch.no_grad()
