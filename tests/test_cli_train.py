@@ -1,0 +1,80 @@
+"""`dgmrec train / evaluate / make-mask` end to end on small files, including bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import make_toy_dataset
+from dgmrec_core.masking import load_mask
+from ui.cli import main
+
+FAST = ["--epochs", "2", "--batch-size", "128", "--knn-k", "5"]
+
+
+@pytest.fixture()
+def files(tmp_path):
+    """interactions.csv + image.npy + text.npy of the toy catalog, items in sorted-id order."""
+    dataset = make_toy_dataset()
+    inter = dataset.interactions
+    pairs = np.concatenate([inter.train, inter.valid, inter.test])
+    lines = ["user_id,item_id,timestamp"] + [f"u{u},i{i:03d},{t}" for t, (u, i) in enumerate(pairs)]
+    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
+    for mod in dataset.modalities:
+        np.save(tmp_path / f"{mod.name}.npy", mod.values)
+    return tmp_path
+
+
+def _data_args(d, image="image.npy"):
+    return ["--interactions", str(d / "inter.csv"), "--feature", f"image={d / image}",
+            "--feature", f"text={d / 'text.npy'}", "--mask", str(d / "mask.npz")]
+
+
+def test_train_then_evaluate_gives_the_same_test_metrics(files, capsys) -> None:
+    assert main(["make-mask", "--items", "60", "--seed", "3", "--out", str(files / "mask.npz")]) == 0
+    observed, names = load_mask(files / "mask.npz")
+    assert names == ["image", "text"] and observed.shape == (60, 2) and (~observed).any()
+    out = files / "run"
+    assert main(["train", *_data_args(files), *FAST, "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 2 and set(metrics["test"]) >= {"recall@20", "ndcg@20", "hit@50"}
+    capsys.readouterr()
+    assert main(["evaluate", *_data_args(files), "--checkpoint", str(out / "model.pt"),
+                 "--out", str(files / "eval.json")]) == 0
+    evaluated = json.loads((files / "eval.json").read_text())
+    assert evaluated["all_users"] == pytest.approx(metrics["test"])
+
+
+def test_baseline_flag_trains_lightgcn(files) -> None:
+    main(["make-mask", "--items", "60", "--out", str(files / "mask.npz")])
+    out = files / "lgcn"
+    assert main(["train", *_data_args(files), *FAST, "--baseline", "lightgcn", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["use_modalities"] is False
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("rows", "image_bad.npy"),
+    ("nan", "NaN"),
+    ("columns", "item_id"),
+])
+def test_bad_input_is_refused_and_saved_results_stay(files, capsys, case, expected) -> None:
+    main(["make-mask", "--items", "60", "--out", str(files / "mask.npz")])
+    out = files / "run"
+    assert main(["train", *_data_args(files), *FAST, "--out", str(out)]) == 0
+    saved = (out / "model.pt").read_bytes(), (out / "metrics.json").read_bytes()
+    image = np.load(files / "image.npy")
+    if case == "rows":
+        np.save(files / "image_bad.npy", image[:-3])
+    elif case == "nan":
+        image[7, 2] = np.nan
+        np.save(files / "image_bad.npy", image)
+    else:
+        np.save(files / "image_bad.npy", image)
+        (files / "inter.csv").write_text("user,item\nu1,i001\n")
+    capsys.readouterr()
+    assert main(["train", *_data_args(files, "image_bad.npy"), *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err
+    assert ((out / "model.pt").read_bytes(), (out / "metrics.json").read_bytes()) == saved
