@@ -106,11 +106,13 @@ def recall_at(ranks: np.ndarray, ks: Sequence[int] = (1, 10, 50)) -> dict[str, f
 
 
 def median_rank(ranks: np.ndarray) -> float:
+    """Median of the 1-based ranks; NaN without ranks."""
     ranks = np.asarray(ranks)
     return float(np.median(ranks)) if ranks.size else float("nan")
 
 
-def _summary(ranks: np.ndarray, ks: Sequence[int], metric: Callable[..., dict[str, float]] = hit_at_k) -> dict[str, float]:
+def _summary(ranks: np.ndarray, ks: Sequence[int],
+             metric: Callable[..., dict[str, float]] = hit_at_k) -> dict[str, float]:
     return {**metric(ranks, ks), "median_rank": median_rank(ranks)}
 
 

@@ -27,9 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DataError as exc:
+    except Exception as exc:
+        if not isinstance(exc, _user_errors()):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
+    from retrieval.encoders import EncoderUnavailable
+    from retrieval.engine import QueryError
+    from retrieval.indexes import IndexMismatch
+
+    return (DataError, QueryError, IndexMismatch, EncoderUnavailable)
 
 
 if __name__ == "__main__":

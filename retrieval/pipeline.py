@@ -1,0 +1,293 @@
+"""Build a searchable index from a catalog and an interaction log (DESIGN.md section 4, left to right).
+
+catalog -> open_clip features (cached) -> dataset with missing modalities (plus a held-out share of
+items whose real feature is kept to measure generation) -> DGMRec training (checkpointed; reused when
+data and config are unchanged) -> completed features -> ``IndexBundle`` with per-modality indexes, the
+fused index and everything the engine and the UI show (texts, images, users, history, held-out report).
+
+Held-out items keep their real feature in the index (the product should use all real data); what the
+model generated for them is stored beside it (``heldout_generated_<modality>``) and scored in
+``meta.json`` (cosine to the real feature, the real item's rank among all items for that vector, and the
+cosine of plain mean imputation as the baseline).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dgmrec_core.checkpoint import (dataset_fingerprint, load_model, model_shape, model_state, read_checkpoint,
+                                    save_checkpoint)
+from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.data import Dataset, Interactions, Modality
+from dgmrec_core.errors import DataError
+from dgmrec_core.interactions import build_interactions, load_interactions
+from dgmrec_core.model import DGMRec
+from dgmrec_core.trainer import fit
+from retrieval.catalog import Catalog, Problem, load_catalog
+from retrieval.completion import complete_features
+from retrieval.encoders import ClipEncoder, sha256_file
+from retrieval.feature_cache import MODALITIES, encode_catalog
+from retrieval.fused import augment_items, radius_for
+from retrieval.generation_quality import KEY as GENERATION_EVAL, generation_quality
+from retrieval.indexes import IndexBundle, normalise
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+MODEL_FILE = "model.pt"
+MAX_LISTED_SKIPS = 20
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def encoder_spec(encoder: ClipEncoder) -> dict[str, Any]:
+    """How to rebuild ``encoder``: model name, weights (tag, absolute file path or None) and seed."""
+    weights = encoder.pretrained
+    if weights is not None and os.path.isfile(weights):
+        weights = str(Path(weights).resolve())
+    return {"model_name": encoder.model_name, "pretrained": weights, "seed": encoder.seed}
+
+
+def _config_hash(config: DGMRecConfig) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Holdout:
+    """Items whose ``modality`` is hidden from training; ``rows`` are item positions."""
+
+    rows: np.ndarray
+    modality: list[str]
+
+
+def choose_holdout(observed: dict[str, np.ndarray], share: float, seed: int) -> Holdout:
+    """A seeded ``share`` of the items observing every modality, each losing one modality in turn."""
+    if not 0 <= share < 1:
+        raise DataError(None, f"holdout must be in [0, 1), got {share}", field="holdout")
+    names = list(observed)
+    full = np.flatnonzero(np.all([observed[m] for m in names], axis=0))
+    n = int(round(share * len(full)))
+    if share > 0 and len(full) >= 2:
+        n = max(n, 1)
+    rows = np.random.default_rng(seed).permutation(full)[:n]
+    return Holdout(rows=rows.astype(np.int64), modality=[names[j % len(names)] for j in range(n)])
+
+
+def _interactions(path: Path, catalog: Catalog, *, skip_bad: bool, seed: int) -> tuple[Interactions, int]:
+    """Interactions over the catalog's items (catalog order); with ``skip_bad`` rows of unknown items dropped."""
+    table = load_interactions(path)
+    users, items, rows = table.users, table.items, table.rows
+    times, splits = table.timestamps, table.splits
+    dropped = 0
+    if skip_bad:
+        known = np.isin(items, np.asarray(catalog.item_ids, dtype=str))
+        dropped = int((~known).sum())
+        users, items, rows = users[known], items[known], rows[known]
+        times = None if times is None else times[known]
+        splits = None if splits is None else splits[known]
+    inter = build_interactions(users, items, splits=splits, timestamps=times, seed=seed,
+                               item_ids=catalog.item_ids, source=table.path, rows=rows)
+    return inter, dropped
+
+
+def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: bool) -> tuple[DGMRec, dict]:
+    """The trained model and its slim checkpoint payload; reused when data and config are unchanged."""
+    final, partial = work_dir / MODEL_FILE, work_dir / "training.pt"
+    fingerprint = dataset_fingerprint(dataset)
+    wanted = config.to_dict()
+
+    def matches(path: Path) -> bool:
+        if not path.is_file():
+            return False
+        try:
+            payload = read_checkpoint(path)
+        except DataError:
+            return False
+        return (payload.get("fingerprint") == fingerprint and payload.get("config") == wanted
+                and (path != final or "metrics" in payload))
+
+    if matches(final):
+        _say(f"train: reusing {final} (same data fingerprint and config)")
+        return load_model(final)
+    resume = matches(partial)
+    _say(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
+         + (f" (resuming {partial})" if resume else ""))
+    result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
+    model = result.model
+    model.eval()
+    payload = {"config": wanted, "shape": model_shape(model), "fingerprint": fingerprint,
+               "history": result.history, "best": model_state(model), "best_epoch": result.best_epoch,
+               "metrics": {"valid": result.valid, "test": result.test}}
+    save_checkpoint(final, payload)
+    _say(f"train: best epoch {result.best_epoch}, test recall@20 {result.test.get('recall@20', float('nan')):.4f}")
+    return model, payload
+
+
+def _heldout_report(holdout: Holdout, real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
+                    completed: dict[str, np.ndarray], observed: dict[str, np.ndarray],
+                    item_ids: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Scores of the generated features of held-out items, and those features per modality."""
+    entries: list[dict[str, Any]] = []
+    arrays: dict[str, np.ndarray] = {}
+    for m in real:
+        pick = np.asarray([mod == m for mod in holdout.modality], dtype=bool)
+        rows = holdout.rows[pick]
+        arrays[f"heldout_generated_{m}"] = generated[m][rows].astype(np.float32)
+        if not len(rows):
+            continue
+        gen, truth = normalise(generated[m][rows]), normalise(real[m][rows])
+        mean = normalise(real[m][observed[m]].mean(0, keepdims=True))
+        sims = normalise(completed[m]) @ gen.T  # (n_items, n_rows): rank of the real item
+        own = sims[rows, np.arange(len(rows))]
+        ranks = (sims > own[None, :]).sum(0) + 1
+        for j, row in enumerate(rows):
+            entries.append({"item_id": item_ids[row], "row": int(row), "modality": m,
+                            "cosine": float(gen[j] @ truth[j]), "mean_imputation_cosine": float(mean[0] @ truth[j]),
+                            "rank": int(ranks[j])})
+    summary = {}
+    for m in real:
+        mine = [e for e in entries if e["modality"] == m]
+        if mine:
+            summary[m] = {"items": len(mine), "mean_cosine": float(np.mean([e["cosine"] for e in mine])),
+                          "mean_imputation_cosine": float(np.mean([e["mean_imputation_cosine"] for e in mine])),
+                          "median_rank": float(np.median([e["rank"] for e in mine])),
+                          "n_items": int(len(completed[m]))}
+    return {"items": entries, "summary": summary}, arrays
+
+
+def _user_items(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices) of each user's training items."""
+    order = np.lexsort((inter.train[:, 1], inter.train[:, 0]))
+    counts = np.bincount(inter.train[:, 0], minlength=inter.n_users)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return indptr, inter.train[order, 1].astype(np.int64)
+
+
+def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
+    """Image paths as stored in a bundle: relative to the bundle folder."""
+    base = folder.resolve()
+    return [None if p is None else os.path.relpath(Path(p).resolve(), base) for p in paths]
+
+
+def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir: str | Path, *,
+                model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
+                encoder: ClipEncoder | None = None, encoder_seed: int = 0, config: DGMRecConfig | None = None,
+                work_dir: str | Path | None = None, skip_bad: bool = False, holdout: float = 0.05,
+                seed: int | None = None, kind: str = "auto", progress: bool = True) -> Path:
+    """Catalog + interactions -> trained DGMRec -> completed features -> index bundle at ``out_dir``.
+
+    ``encoder`` (else ``model_name``/``pretrained``/``encoder_seed``) encodes the catalog; features and
+    the model are cached in ``work_dir`` (default ``<out_dir>.work`` beside it), so an unchanged re-run
+    only rebuilds the indexes. ``holdout``: share of items with every modality that lose one for
+    training (``seed``, default ``config.seed``). ``skip_bad`` drops bad catalog rows and interactions
+    of unknown items and lists them. ``kind``: FAISS index kind. Returns the bundle folder.
+    """
+    config = config or DGMRecConfig()
+    if not config.use_modalities:
+        raise DataError(None, "an index needs DGMRec's modality branch to generate missing features; "
+                              "the LightGCN baseline (use_modalities off) cannot build one", field="use_modalities")
+    seed = config.seed if seed is None else seed
+    out_dir = Path(out_dir)
+    work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
+    work_dir.mkdir(parents=True, exist_ok=True)
+
+    catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
+    _say(f"catalog: {catalog.n_items} items from {catalog.source} "
+         f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
+    _report_skips(problems)
+
+    if encoder is None:
+        _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
+        encoder = ClipEncoder(model_name, pretrained, seed=encoder_seed)
+    encoded = encode_catalog(catalog, encoder, work_dir / "features")
+    _say(f"features: {encoder.model_name}, dim {encoder.embed_dim}; newly encoded "
+         + ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()) + f" (cache {work_dir / 'features'})")
+
+    inter, dropped = _interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
+    if dropped:
+        _say(f"skipped: {dropped} interaction(s) of items not in the catalog")
+    _say(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
+         f"{len(inter.test)} test")
+
+    held = choose_holdout(encoded.observed, holdout, seed)
+    observed = {m: encoded.observed[m].copy() for m in MODALITIES}
+    for row, m in zip(held.rows, held.modality):
+        observed[m][row] = False
+    modalities = [Modality(m, np.where(observed[m][:, None], encoded.features[m], 0).astype(np.float32),
+                           observed[m]) for m in MODALITIES]
+    dataset = Dataset(inter, modalities, name=out_dir.name)
+    _say(f"held out: {len(held.rows)} items with both modalities lose one for training (to score generation)")
+
+    model, payload = _train(dataset, config, work_dir, progress)
+
+    _say("complete: generating missing features")
+    done = complete_features(model, encoded.features, observed)
+    # Held-out rows go back to their real feature (observed); what was generated for them is scored.
+    vectors = {m: _with_real(done.features[m], encoded.features[m], held, m) for m in MODALITIES}
+    flags = {m: ~encoded.observed[m] for m in MODALITIES}
+    report, held_arrays = _heldout_report(held, encoded.features, done.features, vectors, encoded.observed,
+                                          catalog.item_ids)
+    for m, summary in report["summary"].items():
+        _say(f"generation ({m}, {summary['items']} held-out items): cosine to the real feature "
+             f"{summary['mean_cosine']:.3f} (mean imputation {summary['mean_imputation_cosine']:.3f}), "
+             f"median rank of the real item {summary['median_rank']:.0f} of {summary['n_items']}")
+
+    with torch.no_grad():
+        users, items = model.final_embeddings()
+    users, items = users.numpy().astype(np.float32), items.numpy()
+    radius = radius_for(items)
+    indptr, indices = _user_items(inter)
+    model_file = work_dir / MODEL_FILE
+    extra = {
+        "catalog": str(catalog.source),
+        "items": {"text": catalog.texts, "image": image_refs(catalog.image_paths, out_dir),
+                  "attributes": catalog.extra},
+        "users": list(inter.user_ids),
+        "encoder": encoder_spec(encoder),
+        "data_fingerprint": payload["fingerprint"],
+        "config": payload["config"],
+        "config_hash": _config_hash(config),
+        "history": payload["history"],
+        "best_epoch": payload["best_epoch"],
+        "metrics": payload["metrics"],
+        "heldout": report,
+        GENERATION_EVAL: generation_quality(model, encoded.features, catalog.item_ids),
+        "skipped": [str(p) for p in problems],
+        "fused": {"transform": "dot-to-cosine", "radius": radius},
+        "model_file": MODEL_FILE,
+    }
+    arrays = {"user_embeddings": users, "user_items_indptr": indptr, "user_items_indices": indices,
+              **held_arrays}
+    _say(f"index: writing {out_dir} ({catalog.n_items} items, {len(MODALITIES)} modalities + fused)")
+    IndexBundle.build(out_dir, item_ids=catalog.item_ids, modality_vectors=vectors, generated=flags,
+                      fused=augment_items(items, radius), model_fingerprint=sha256_file(model_file),
+                      encoder_fingerprint=encoded.fingerprint, kind=kind, extra={**extra, **arrays},
+                      files={MODEL_FILE: model_file})
+    _say(f"done: {out_dir}")
+    return out_dir
+
+
+def _with_real(completed: np.ndarray, real: np.ndarray, held: Holdout, m: str) -> np.ndarray:
+    """``completed`` with the held-out rows of modality ``m`` set back to their real features."""
+    rows = held.rows[np.asarray([mod == m for mod in held.modality], dtype=bool)]
+    out = completed.copy()
+    out[rows] = real[rows]
+    return out
+
+
+def _report_skips(problems: list[Problem]) -> None:
+    if not problems:
+        return
+    _say(f"skipped: {len(problems)} problem(s) in the catalog")
+    for p in problems[:MAX_LISTED_SKIPS]:
+        _say(f"  {p} -> {'image dropped, item kept' if p.skipped == 'image' else 'row dropped'}")
+    if len(problems) > MAX_LISTED_SKIPS:
+        _say(f"  ... and {len(problems) - MAX_LISTED_SKIPS} more (all listed in the bundle's meta.json)")

@@ -1,0 +1,153 @@
+"""`dgmrec build`, `search`, `recommend`, `add-items`: indexes and queries on the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ui.cli_train import add_config_arguments, config_from_args
+
+INDEX_ROOT = Path("indexes")
+ROUTE_HELP = ("cross-modal route: 'dgmrec' (translator + preference + decoder, DESIGN.md section 3), "
+              "'direct' (raw encoder vector into the other index; aligned CLIP spaces only) or 'fused' "
+              "(normalised sum of both); same-modality search ignores it")
+
+
+def _index_dir(value: str) -> Path:
+    """An index folder: a path, or a bare name under ./indexes/."""
+    path = Path(value)
+    return path if path.exists() or len(path.parts) > 1 else INDEX_ROOT / value
+
+
+def _pretrained(value: str) -> str | None:
+    return None if value.lower() == "none" else value
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    import torch
+
+    from retrieval.pipeline import build_index
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or INDEX_ROOT / args.name
+    build_index(args.catalog, args.interactions, out, model_name=args.model_name, pretrained=args.pretrained,
+                encoder_seed=args.encoder_seed, config=config_from_args(args), work_dir=args.work_dir,
+                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind)
+    print(f"built {out}; try: dgmrec search --index {out} --text \"...\"")
+    return 0
+
+
+def _print_hits(hits: list, as_json: bool, header: dict[str, Any]) -> None:
+    if as_json:
+        print(json.dumps({**header, "hits": [h.to_dict() for h in hits]}, indent=2))
+        return
+    if not hits:
+        print("no results")
+    for h in hits:
+        label = h.title or (h.text or "")[:60] or "(no text)"
+        flag = "  [generated]" if h.generated else ""
+        print(f"{h.rank:3d}. {h.score:8.4f}  {h.item_id}  {label}{flag}")
+        if h.image:
+            print(f"               {h.image}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from retrieval.engine import SearchEngine
+
+    engine = SearchEngine.load(_index_dir(args.index))
+    if args.text is not None:
+        target = args.target or "image"
+        hits = engine.search_text(args.text, target=target, k=args.k, user=args.user, route=args.route)
+        query = {"text": args.text}
+    else:
+        target = args.target or "text"
+        hits = engine.search_image(args.image, target=target, k=args.k, user=args.user, route=args.route)
+        query = {"image": str(args.image)}
+    _print_hits(hits, args.json, {"query": query, "target": target, "route": args.route, "user": args.user})
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from retrieval.engine import SearchEngine
+
+    engine = SearchEngine.load(_index_dir(args.index))
+    hits = engine.recommend(args.user, k=args.k)
+    _print_hits(hits, args.json, {"user": args.user})
+    return 0
+
+
+def cmd_add_items(args: argparse.Namespace) -> int:
+    from retrieval.engine import SearchEngine
+
+    engine = SearchEngine.load(_index_dir(args.index))
+    added = engine.add_items(args.catalog, skip_bad=args.skip_bad)
+    print(f"added {len(added)} item(s) to {engine.bundle.folder}: {', '.join(added[:10])}"
+          + (" ..." if len(added) > 10 else ""))
+    return 0
+
+
+def _add_index_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="index folder, or the name of one under ./indexes/")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build a searchable index from a catalog and interactions",
+                       description="Encode the catalog with open_clip, train DGMRec on the interactions, "
+                                   "generate every missing modality and write the FAISS indexes. Features "
+                                   "and the model are cached, so an unchanged re-run is quick.")
+    p.add_argument("catalog", type=Path, help="catalog file (.csv, .tsv or .jsonl: item_id, text, image)")
+    p.add_argument("interactions", type=Path, help="interactions file (CSV/TSV: user_id, item_id, ...)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--name", help="index name: written to ./indexes/NAME")
+    where.add_argument("--out", type=Path, help="index folder to write")
+    p.add_argument("--work-dir", type=Path,
+                   help="cache of features and the trained model (default: the index folder + '.work')")
+    p.add_argument("--model-name", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
+    p.add_argument("--pretrained", type=_pretrained, default="laion2b_s34b_b79k",
+                   help="open_clip pretrained tag, a local weights file, or 'none' for seeded random weights "
+                        "(default laion2b_s34b_b79k)")
+    p.add_argument("--encoder-seed", type=int, default=0, help="seed of random encoder weights (--pretrained none)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop bad catalog rows (and interactions of unknown items) and list them, "
+                        "instead of stopping at the first problems")
+    p.add_argument("--holdout", type=float, default=0.05,
+                   help="share of items with both modalities that lose one for training, to measure "
+                        "generation against the real feature (default 0.05)")
+    p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
+                   help="FAISS index kind (auto: exact below 50,000 items, IVF above)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("search", help="search an index with a text or an image",
+                       description="Text to images (default for --text), image to texts (default for "
+                                   "--image), or same-modality search with --target.")
+    _add_index_argument(p)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--text", help="query text")
+    query.add_argument("--image", type=Path, help="query image file")
+    p.add_argument("--target", choices=("image", "text"),
+                   help="modality searched (default: the other one than the query's)")
+    p.add_argument("--user", help="personalise with this user's preference (a user id of the index)")
+    p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--route", choices=("dgmrec", "direct", "fused"), default="dgmrec", help=ROUTE_HELP)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("recommend", help="recommend items to a user",
+                       description="Top items by DGMRec's score for the user, items seen in training excluded.")
+    _add_index_argument(p)
+    p.add_argument("--user", required=True, help="user id (as in the interactions file)")
+    p.add_argument("--k", type=int, default=10, help="number of recommendations (default 10)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("add-items", help="add new catalog items to an index without retraining",
+                       description="Encode the new items, generate their missing modalities with the trained "
+                                   "model and append them to every index.")
+    _add_index_argument(p)
+    p.add_argument("--catalog", type=Path, required=True, help="catalog file of the new items")
+    p.add_argument("--skip-bad", action="store_true", help="drop bad rows instead of stopping")
+    p.set_defaults(func=cmd_add_items)
