@@ -39,10 +39,17 @@ class DGMRecConfig:
     patience: int = 20
     eval_every: int = 1
     imputation: str = "mean"
+    generation_space: str = "propagated"
     generation: bool = True
     use_modalities: bool = True
     train_features: bool = False
     seed: int = 2024
+
+    def __post_init__(self) -> None:
+        choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +101,9 @@ HELP: dict[str, str] = {
     "patience": "early stopping: evaluations without a better validation Recall@20",
     "eval_every": "epochs between validation evaluations",
     "imputation": "initial fill of missing feature rows: 'mean' of observed rows or 'zero'",
+    "generation_space": "where translators and decoders learn: 'propagated' (the paper's code: preference-filtered, "
+                        "graph-propagated parts) or 'raw' (the encoders' own g and s, the space generation and "
+                        "queries feed them)",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
     "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
     "train_features": "make raw feature rows trainable parameters, as the official code does",

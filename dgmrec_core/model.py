@@ -63,6 +63,7 @@ class DGMRec(nn.Module):
             self.register_buffer("observed", torch.ones(n_items, len(dims), dtype=torch.bool))
         self.graphs: dict[str, torch.Tensor] = {}
         self.epochs_generated = 0
+        self._mean_filters: list[torch.Tensor] | None = None
 
     # ----------------------------------------------------------------- set-up
     def pair_key(self, src: int, dst: int) -> str:
@@ -100,6 +101,7 @@ class DGMRec(nn.Module):
         return {k: (g.indices(), g.values(), tuple(g.shape)) for k, g in self.graphs.items()}
 
     def load_graph_state(self, state: dict) -> None:
+        self._mean_filters = None
         self.graphs = {k: torch.sparse_coo_tensor(i, v, s, check_invariants=False).coalesce() for k, (i, v, s) in state.items()}
 
     # --------------------------------------------------------- representations
@@ -131,10 +133,23 @@ class DGMRec(nn.Module):
         return [torch.sparse.mm(self.graphs["item_mean"], self.user_filter(m)) for m in range(self.n_modalities)]
 
     def mean_filter(self, m: int) -> torch.Tensor:
-        """Catalog-wide mean preference of modality m (items with interactions), shape (d,)."""
-        f = self.item_filters()[m]
-        has = f.abs().sum(1) > 0
-        return f[has].mean(0) if has.any() else f.mean(0)
+        """Catalog-wide mean preference of modality m (items with interactions), shape (d,).
+
+        Cached in eval mode (queries call it); recomputed while training.
+        """
+        if self.training or self._mean_filters is None:
+            filters = []
+            for f in self.item_filters():
+                has = f.abs().sum(1) > 0
+                filters.append(f[has].mean(0) if has.any() else f.mean(0))
+            if self.training:
+                return filters[m]
+            self._mean_filters = filters
+        return self._mean_filters[m]
+
+    def train(self, mode: bool = True) -> "DGMRec":
+        self._mean_filters = None
+        return super().train(mode)
 
     def propagate(self, m: int, h: torch.Tensor) -> torch.Tensor:
         for _ in range(self.config.n_mm_layers):
@@ -203,13 +218,15 @@ class DGMRec(nn.Module):
         batch_items = torch.unique(torch.cat([pos, neg]))
         obs = self.observed[batch_items]
         g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
+        raw = c.generation_space == "raw"
+        tg, ds = (g, s) if raw else (gf, sf)  # translator targets; decoder's specific input
         inter = gen = 0.0
         for a in range(M):
             for b in range(M):
                 if a == b:
                     continue
                 both = batch_items[obs[:, a] & obs[:, b]]
-                gen = gen + F.mse_loss(self.translate(a, b, perturb(gf[a][both])), gf[b][both]) if len(both) else gen
+                gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both]) if len(both) else gen
                 if a < b:
                     inter = inter + info_nce(g[a][both], g[b][both], c.inter_modal_temp)
                     inter = inter + info_nce(gu[a][users], gu[b][users], c.inter_modal_temp)
@@ -224,7 +241,7 @@ class DGMRec(nn.Module):
         for m in range(M):
             intra = intra + info_nce(su[m][users], sf[m][pos], c.intra_modal_temp)
         bm = info_nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + info_nce(p["e_u"][users], g_u[users], c.align_bm_temp)
-        recon = sum(F.mse_loss(self.decode(m, gf[m].detach(), sf[m].detach(), noise=True), self.features(m))
+        recon = sum(F.mse_loss(self.decode(m, tg[m].detach(), ds[m].detach(), noise=True), self.features(m))
                     for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
@@ -248,8 +265,9 @@ class DGMRec(nn.Module):
         """Generated raw features of every item and modality (the caller keeps the rows it needs).
 
         General part: the translators applied to the general parts of the item's observed modalities
-        (all other modalities when it observes none), propagated on the modality graph; specific part:
-        gen_m(f_m) propagated likewise; then decoder_m([g, s]).
+        (all other modalities when it observes none); specific part: gen_m(f_m); then decoder_m([g, s]).
+        With ``generation_space`` 'propagated' (the paper's code) both parts are first propagated on the
+        modality graph; with 'raw' they stay in the encoders' space, where the decoder learned.
         """
         M = self.n_modalities
         g = [self.general(m, self.features(m)) for m in range(M)]
@@ -262,8 +280,9 @@ class DGMRec(nn.Module):
             weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
             trans = torch.stack([self.translate(a, m, g[a]) for a in srcs], 1)
             g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
-            g_hat = self.propagate(m, g_hat)
-            s_hat = self.propagate(m, self.gen_specific[m](f[m]))
+            s_hat = self.gen_specific[m](f[m])
+            if self.config.generation_space == "propagated":
+                g_hat, s_hat = self.propagate(m, g_hat), self.propagate(m, s_hat)
             out.append(self.decode(m, g_hat, s_hat, noise=noise))
         return out
 
