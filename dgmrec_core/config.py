@@ -43,6 +43,7 @@ class DGMRecConfig:
     generation: bool = True
     use_modalities: bool = True
     train_features: bool = False
+    bf16_logits: bool = True
     seed: int = 2024
 
     def __post_init__(self) -> None:
@@ -107,5 +108,6 @@ HELP: dict[str, str] = {
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
     "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
     "train_features": "make raw feature rows trainable parameters, as the official code does",
+    "bf16_logits": "compute the batch x batch InfoNCE similarity products in bfloat16 (off: float32 throughout)",
     "seed": "random seed of initialisation, sampling and masks",
 }

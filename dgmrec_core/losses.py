@@ -11,14 +11,20 @@ def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.
     return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, *, bf16: bool = False) -> torch.Tensor:
     """InfoNCE with cosine similarity: row i of ``a`` against all rows of ``b``, row i of ``b`` the positive.
 
     The temperature scales ``a`` before the product, not the (batch x batch) logits: same value, less work.
+    ``bf16`` computes the (batch x batch) similarity product in bfloat16 (the softmax stays float32).
     """
     if a.shape[0] == 0:
         return a.new_zeros(())
-    logits = (F.normalize(a, dim=1) / temperature) @ F.normalize(b, dim=1).T
+    a, b = F.normalize(a, dim=1) / temperature, F.normalize(b, dim=1)
+    if bf16:
+        with torch.autocast(a.device.type, dtype=torch.bfloat16):
+            logits = (a @ b.T).float()
+    else:
+        logits = a @ b.T
     return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
 
 

@@ -6,7 +6,9 @@ baseline). Graphs are sparse and rebuilt by ``attach``; they travel in checkpoin
 """
 from __future__ import annotations
 
-import numpy as np
+import warnings
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,6 +19,9 @@ from .features import impute
 from .graphs import (KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators, modality_knn_graph,
                      normalised_knn, refresh_rows)
 from .losses import CLUB, bpr_loss, info_nce, l2_norms, perturb
+
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -84,8 +89,9 @@ class DGMRec(nn.Module):
     def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn) -> None:
         """Load the features (imputed) and build every graph from ``dataset``'s training split."""
         train = dataset.interactions.train
-        self.graphs["norm_adj"] = bipartite_norm_adj(self.n_users, self.n_items, train)
-        self.graphs["user_mean"], self.graphs["item_mean"] = mean_aggregators(self.n_users, self.n_items, train)
+        graphs = {"norm_adj": bipartite_norm_adj(self.n_users, self.n_items, train)}
+        graphs["user_mean"], graphs["item_mean"] = mean_aggregators(self.n_users, self.n_items, train)
+        self.graphs = {k: g.to_sparse_csr() for k, g in graphs.items()}
         if not self.n_modalities:
             return
         with torch.no_grad():
@@ -94,15 +100,18 @@ class DGMRec(nn.Module):
                 obs = self.observed[:, m]
                 self.features(m).copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
                 self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn,
-                                                             observed_only=self.config.knn_observed_only)
+                                                             observed_only=self.config.knn_observed_only).to_sparse_csr()
 
     def graph_state(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]:
-        """The sparse graphs as (indices, values, shape), for checkpoints."""
-        return {k: (g.indices(), g.values(), tuple(g.shape)) for k, g in self.graphs.items()}
+        """The sparse graphs as COO (indices, values, shape), for checkpoints."""
+        coo = {k: g.to_sparse_coo().coalesce() for k, g in self.graphs.items()}
+        return {k: (g.indices(), g.values(), tuple(g.shape)) for k, g in coo.items()}
 
     def load_graph_state(self, state: dict) -> None:
+        """Graphs from ``graph_state`` output; kept as CSR, whose products are several times faster."""
         self._mean_filters = None
-        self.graphs = {k: torch.sparse_coo_tensor(i, v, s, check_invariants=False).coalesce() for k, (i, v, s) in state.items()}
+        self.graphs = {k: torch.sparse_coo_tensor(i, v, s, check_invariants=False).coalesce().to_sparse_csr()
+                       for k, (i, v, s) in state.items()}
 
     # --------------------------------------------------------- representations
     def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +224,7 @@ class DGMRec(nn.Module):
 
     def _modality_terms(self, p: dict, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         c, M = self.config, self.n_modalities
+        nce = partial(info_nce, bf16=c.bf16_logits)
         batch_items = torch.unique(torch.cat([pos, neg]))
         obs = self.observed[batch_items]
         g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
@@ -228,19 +238,19 @@ class DGMRec(nn.Module):
                 both = batch_items[obs[:, a] & obs[:, b]]
                 gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both]) if len(both) else gen
                 if a < b:
-                    inter = inter + info_nce(g[a][both], g[b][both], c.inter_modal_temp)
-                    inter = inter + info_nce(gu[a][users], gu[b][users], c.inter_modal_temp)
+                    inter = inter + nce(g[a][both], g[b][both], c.inter_modal_temp)
+                    inter = inter + nce(gu[a][users], gu[b][users], c.inter_modal_temp)
         for m in range(M):
             has = batch_items[obs[:, m]]
             if len(has):
                 gen = gen + F.mse_loss(self.gen_specific[m](perturb(f[m][has])), s[m][has])
         club = sum(self.club[m](sf[m], gf[m]) for m in range(M))
         g_u, g_i = torch.stack(gu).sum(0), torch.stack(gf).sum(0)
-        intra = info_nce(p["e_u"][users], p["e_i"][pos], c.intra_modal_temp)
-        intra = intra + info_nce(g_u[users], g_i[pos], c.inter_modal_temp)
+        intra = nce(p["e_u"][users], p["e_i"][pos], c.intra_modal_temp)
+        intra = intra + nce(g_u[users], g_i[pos], c.inter_modal_temp)
         for m in range(M):
-            intra = intra + info_nce(su[m][users], sf[m][pos], c.intra_modal_temp)
-        bm = info_nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + info_nce(p["e_u"][users], g_u[users], c.align_bm_temp)
+            intra = intra + nce(su[m][users], sf[m][pos], c.intra_modal_temp)
+        bm = nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + nce(p["e_u"][users], g_u[users], c.align_bm_temp)
         recon = sum(F.mse_loss(self.decode(m, tg[m].detach(), ds[m].detach(), noise=True), self.features(m))
                     for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
@@ -301,7 +311,8 @@ class DGMRec(nn.Module):
             idx, sims = knn_fn(self.features(m), self.config.knn_k)
             rebuilt = normalised_knn(idx, sims)
             rows = torch.nonzero(~self.observed[:, m]).squeeze(1)
-            self.graphs[f"mm_{m}"] = refresh_rows(self.graphs[f"mm_{m}"], rebuilt, rows, self.config.avg_lambda)
+            old = self.graphs[f"mm_{m}"].to_sparse_coo().coalesce()
+            self.graphs[f"mm_{m}"] = refresh_rows(old, rebuilt, rows, self.config.avg_lambda).to_sparse_csr()
 
     # ------------------------------------------------------------ query path
     @torch.no_grad()
