@@ -103,8 +103,9 @@ HELP: dict[str, str] = {
     "eval_every": "epochs between validation evaluations",
     "imputation": "initial fill of missing feature rows: 'mean' of observed rows or 'zero'",
     "generation_space": "where translators and decoders learn: 'propagated' (the paper's code: preference-filtered, "
-                        "graph-propagated parts) or 'raw' (the encoders' own g and s, the space generation and "
-                        "queries feed them)",
+                        "graph-propagated parts; the decoder also learns from generated rows) or 'raw' (the "
+                        "encoders' own g and s, the space generation and queries feed them; the decoder learns "
+                        "from observed rows only)",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
     "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
     "train_features": "make raw feature rows trainable parameters, as the official code does",

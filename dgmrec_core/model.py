@@ -251,10 +251,16 @@ class DGMRec(nn.Module):
         for m in range(M):
             intra = intra + nce(su[m][users], sf[m][pos], c.intra_modal_temp)
         bm = nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + nce(p["e_u"][users], g_u[users], c.align_bm_temp)
-        recon = sum(F.mse_loss(self.decode(m, tg[m].detach(), ds[m].detach(), noise=True), self.features(m))
-                    for m in range(M))
+        recon = sum(self._recon(m, tg[m], ds[m], raw) for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
+
+    def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, observed_only: bool) -> torch.Tensor:
+        """MSE of decoder_m(perturbed, detached [g, s]) against the features: every row (the paper's code)
+        or only rows that observe m (so the decoder never learns from its own generated rows)."""
+        rows = self.observed[:, m] if observed_only else slice(None)
+        x_hat = self.decode(m, g[rows].detach(), s[rows].detach(), noise=True)
+        return F.mse_loss(x_hat, self.features(m)[rows])
 
     # --------------------------------------------------- per-epoch procedures
     def club_step(self, optimizer: torch.optim.Optimizer, steps: int, sample: int = 2048) -> float:
