@@ -41,12 +41,13 @@ def peak_mb() -> float:
 def synthetic(n_users: int, n_items: int, n_inter: int, dim: int, seed: int = 0) -> Dataset:
     """Power-law interactions and clustered features with the paper's 2/3 missing protocol."""
     rng = np.random.default_rng(seed)
-    popularity = rng.zipf(1.3, size=n_items).astype(np.float64)
-    popularity /= popularity.sum()
-    users = rng.integers(0, n_users, size=n_inter)
-    items = rng.choice(n_items, size=n_inter, p=popularity)
-    users = np.concatenate([users, np.arange(n_users) % n_users])  # every user at least once
-    items = np.concatenate([items, rng.integers(0, n_items, size=n_users)])
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # long tail, as in Amazon categories
+    popularity = popularity[rng.permutation(n_items)] / popularity.sum()
+    users = np.concatenate([np.arange(n_users), rng.integers(0, n_users, size=2 * n_inter)])
+    items = np.concatenate([rng.integers(0, n_items, size=n_users), rng.choice(n_items, size=2 * n_inter, p=popularity)])
+    _, first = np.unique(users.astype(np.int64) * n_items + items, return_index=True)
+    keep = np.sort(first)[:n_inter]  # the first n_inter distinct pairs (every user among them)
+    users, items = users[keep], items[keep]
     inter = build_interactions(users.astype(str), items.astype(str), seed=seed,
                                item_ids=[str(i) for i in range(n_items)])
     observed = make_missing_mask(n_items, 2, 2 / 3, seed)

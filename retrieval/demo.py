@@ -1,0 +1,222 @@
+"""`dgmrec demo` end to end: sample shop (or a given catalog) -> encoder -> index bundle, every step cached.
+
+Steps and their caches, all under the work folder (default ``.cache/demo``):
+
+1. data: the embedded sample shop (``make_sample_shop``, reused when made with the same arguments),
+   or the catalog and interactions given;
+2. encoder: pretrained open_clip ``ViT-B-32`` where its weights can be had; where not (offline), the
+   compact encoder fine-tuned on the catalog (``finetune_clip``; the checkpoint is named by a key of
+   catalog, images and settings, so it is trained once). The choice is remembered in
+   ``encoder.json`` so a second run does not wait on the weights again;
+3. index: ``build_index`` (features and model cached in ``<work>/build``), skipped altogether when
+   ``index.stamp.json`` says the bundle was built from the same inputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dgmrec_core.atomic import atomic_write_text
+from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.errors import DataError
+from retrieval.catalog import load_catalog
+from retrieval.encoders import ClipEncoder, EncoderUnavailable, sha256_file
+from retrieval.finetune import finetune_clip
+from retrieval.indexes import FORMAT_VERSION, META
+from retrieval.pipeline import DEFAULT_MODEL, DEFAULT_PRETRAINED, build_index, encoder_spec
+from retrieval.sample_shop import make_sample_shop
+from retrieval.showcase import encoder_note
+
+ENCODER_MODES = ("auto", "pretrained", "compact")
+COMPACT_MODEL = "dgmrec-compact"
+FINETUNE_EPOCHS = int(inspect.signature(finetune_clip).parameters["epochs"].default)
+# Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
+DEMO_TRAINING = {"epochs": 40, "patience": 5}
+
+Say = Callable[[str], None]
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+@dataclass
+class DemoBuild:
+    """What the demo built: the bundle folder, the catalog it came from and how the encoder was chosen."""
+
+    index_dir: Path
+    catalog: Path
+    interactions: Path
+    encoder: dict[str, Any]
+    seconds: dict[str, float]
+
+
+def demo_config(epochs: int | None = None) -> DGMRecConfig:
+    """The demo's DGMRec settings (``epochs`` overrides the demo's budget)."""
+    config = replace(DGMRecConfig(), **DEMO_TRAINING)
+    return config if epochs is None else replace(config, epochs=epochs)
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def catalog_key(catalog_path: Path) -> str:
+    """Key of a catalog's content: the catalog file's bytes and each image file's name, size and mtime."""
+    catalog, _ = load_catalog(catalog_path, skip_bad=True)
+    images = []
+    for path in catalog.image_paths:
+        stat = None if path is None else path.stat()
+        images.append(None if stat is None else (path.name, stat.st_size, stat.st_mtime_ns))
+    return _digest(sha256_file(catalog_path), images)
+
+
+def finetuned_encoder(catalog_path: Path, work: Path, *, epochs: int = FINETUNE_EPOCHS,
+                      base_pretrained: str | None = None, content_key: str | None = None,
+                      say: Say = _print) -> tuple[ClipEncoder, dict[str, Any]]:
+    """The compact encoder fine-tuned on ``catalog_path``: trained once per catalog and settings, then reused.
+
+    ``content_key``: the catalog's :func:`catalog_key` when the caller has it already.
+    """
+    content_key = content_key or catalog_key(catalog_path)
+    key = _digest(content_key, COMPACT_MODEL, base_pretrained, epochs)[:16]
+    checkpoint = work / "encoders" / f"{COMPACT_MODEL}-{key}.pt"
+    record_path = Path(str(checkpoint) + ".json")
+    if checkpoint.is_file() and record_path.is_file():
+        say(f"encoder: reusing fine-tuned {COMPACT_MODEL} {checkpoint}")
+    else:
+        say(f"encoder: fine-tuning {COMPACT_MODEL} on {catalog_path} ({epochs} epochs, "
+            f"{'from ' + base_pretrained if base_pretrained else 'from scratch'})")
+        finetune_clip(catalog_path, checkpoint, model_name=COMPACT_MODEL, base_pretrained=base_pretrained,
+                      epochs=epochs)
+    record = json.loads(record_path.read_text())
+    say(f"encoder: {COMPACT_MODEL}, held-out text->image recall@10 {record['eval_recall_at_10']:.3f} "
+        f"({record['n_train_pairs']} training pairs, {record['epochs']} epochs)")
+    return ClipEncoder(COMPACT_MODEL, str(checkpoint)), record
+
+
+def choose_encoder(mode: str, catalog_path: Path, work: Path, *, model_name: str = DEFAULT_MODEL,
+                   pretrained: str = DEFAULT_PRETRAINED, finetune_epochs: int = FINETUNE_EPOCHS,
+                   content_key: str | None = None, say: Say = _print) -> tuple[ClipEncoder, dict[str, Any]]:
+    """The encoder for ``mode``: "pretrained" (``model_name``/``pretrained`` or fail), "compact" (the
+    fine-tuned compact encoder) or "auto" (pretrained where the weights can be had, else compact).
+
+    Returns the encoder and a description (``kind``: "pretrained" or "fine-tuned", ``note``, ``spec``).
+    An "auto" decision is stored in ``<work>/encoder.json`` and reused while the request is unchanged.
+    """
+    if mode not in ENCODER_MODES:
+        raise ValueError(f"unknown encoder mode {mode!r}: choose one of {', '.join(ENCODER_MODES)}")
+    decision_path = work / "encoder.json"
+    remember = mode == "auto"
+    request = {"mode": mode, "model_name": model_name, "pretrained": pretrained}
+    previous = _read_json(decision_path)
+    if mode == "auto" and previous and previous.get("request") == request:
+        mode = previous["choice"]
+        say(f"encoder: using the earlier choice ({mode}; {decision_path})")
+    note = ""
+    if mode in ("auto", "pretrained"):
+        try:
+            say(f"encoder: loading pretrained open_clip {model_name} ({pretrained})")
+            encoder = _load_pretrained(model_name, pretrained, quick=mode == "auto")
+            if remember:
+                _remember(decision_path, request, "pretrained")
+            spec = encoder_spec(encoder)
+            return encoder, {"kind": "pretrained", "note": encoder_note(spec), "spec": spec}
+        except EncoderUnavailable as exc:
+            if mode == "pretrained":
+                raise
+            note = f"pretrained {model_name} ({pretrained}) weights are not available here ({exc}). "
+            say(f"encoder: pretrained {model_name} ({pretrained}) unavailable; fine-tuning the compact encoder "
+                "on the catalog instead")
+    encoder, record = finetuned_encoder(catalog_path, work, epochs=finetune_epochs, content_key=content_key, say=say)
+    if remember:
+        _remember(decision_path, request, "compact")
+    spec = encoder_spec(encoder)
+    return encoder, {"kind": "fine-tuned", "note": note + encoder_note(spec), "spec": spec, "finetune": record}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_pretrained(model_name: str, pretrained: str, *, quick: bool) -> ClipEncoder:
+    """The pretrained encoder; with ``quick``, an unreachable hub counts as offline (cached weights still
+    load) instead of retrying a download for most of a minute."""
+    if not quick or os.environ.get("HF_HUB_OFFLINE") or _hub_reachable():
+        return ClipEncoder(model_name, pretrained)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return ClipEncoder(model_name, pretrained)
+    finally:
+        del os.environ["HF_HUB_OFFLINE"]
+
+
+def _remember(path: Path, request: dict[str, Any], choice: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"request": request, "choice": choice}, indent=2))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = None,
+             interactions: str | Path | None = None, index_dir: str | Path = "indexes/sample-shop",
+             n_items: int = 3000, encoder_mode: str = "auto", finetune_epochs: int = FINETUNE_EPOCHS,
+             epochs: int | None = None, say: Say = _print) -> DemoBuild:
+    """Make (or take) the data, choose the encoder, build the index; each step reuses its cache."""
+    work, index_dir = Path(work), Path(index_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if (catalog is None) != (interactions is None):
+        raise DataError(catalog or interactions, "give both --catalog and --interactions, or neither")
+    if catalog is None:
+        say(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
+        shop = make_sample_shop(work / "sample-shop", n_items=n_items, n_users=max(1, n_items // 2))
+        catalog, interactions = shop / "catalog.csv", shop / "interactions.csv"
+    else:
+        say(f"[1/3] data: catalog {catalog}, interactions {interactions}")
+    catalog, interactions = Path(catalog).resolve(), Path(interactions).resolve()
+    for path in (catalog, interactions):
+        if not path.is_file():
+            raise DataError(path, "file not found")
+    seconds["data"] = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    say("[2/3] encoder")
+    content_key = catalog_key(catalog)
+    encoder, info = choose_encoder(encoder_mode, catalog, work, finetune_epochs=finetune_epochs,
+                                   content_key=content_key, say=say)
+    seconds["encoder"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    config = demo_config(epochs)
+    stamp_path = work / "index.stamp.json"
+    stamp = {"index": str(index_dir.resolve()), "format": FORMAT_VERSION,
+             "key": _digest(content_key, sha256_file(interactions), encoder.fingerprint(), config.to_dict())}
+    if _read_json(stamp_path) == stamp and (index_dir / META).is_file():
+        say(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
+    else:
+        say(f"[3/3] index: encode, train DGMRec (up to {config.epochs} epochs), complete missing "
+            f"modalities, index -> {index_dir}")
+        build_index(catalog, interactions, index_dir, encoder=encoder, config=config, work_dir=work / "build",
+                    skip_bad=True)
+        atomic_write_text(stamp_path, json.dumps(stamp, indent=2))
+    seconds["index"] = time.perf_counter() - t2
+    return DemoBuild(index_dir, catalog, interactions, info, seconds)

@@ -1,0 +1,134 @@
+"""Fine-tuning a tiny open_clip model on a small sample shop, and the attribute query benchmark."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+from PIL import Image
+
+from dgmrec_core.errors import DataError
+from retrieval.attribute_eval import attribute_query_hit_rate
+from retrieval.encoders import ClipEncoder
+from retrieval.finetune import _clip_loss, encode_text_trimmed, finetune_clip
+from retrieval.sample_shop import make_sample_shop
+
+TINY = "dgmrec-tiny"
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_sample_shop(tmp_path_factory.mktemp("ft") / "shop", n_items=200, n_users=20, seed=5,
+                            image_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    record = finetune_clip(shop / "catalog.csv", out, model_name=TINY, epochs=3, batch_size=32, lr=2e-3,
+                           seed=0, device="cpu")
+    return out, record
+
+
+def _pairs(shop: Path) -> tuple[list[str], list[Path]]:
+    with open(shop / "catalog.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["text"] and r["image"]]
+    return [r["text"] for r in rows], [shop / r["image"] for r in rows]
+
+
+def _eval_loss(encoder: ClipEncoder, texts: list[str], images: list[Path]) -> float:
+    pixels = torch.stack([encoder.preprocess(_rgb(p)) for p in images])
+    with torch.no_grad():
+        return float(_clip_loss(encoder.model, pixels, encoder.tokenizer(texts)))
+
+
+def _rgb(path: Path) -> Image.Image:
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def test_finetune_lowers_loss_and_writes_record(shop: Path, trained: tuple[Path, dict]) -> None:
+    out, record = trained
+    assert out.is_file()
+    assert json.loads(Path(str(out) + ".json").read_text()) == record
+    assert record["model_name"] == TINY and record["epochs"] == 3 and len(record["loss_curve"]) == 3
+    assert record["n_eval_pairs"] >= 2 and record["n_train_pairs"] + record["n_eval_pairs"] < 200
+    assert 0 <= record["eval_recall_at_1"] <= record["eval_recall_at_10"] <= 1
+    assert record["final_loss"] == record["loss_curve"][-1] < record["loss_curve"][0]
+    texts, images = _pairs(shop)
+    before = _eval_loss(ClipEncoder(TINY, pretrained=None, seed=0, device="cpu"), texts, images)
+    after = _eval_loss(ClipEncoder(TINY, pretrained=str(out), device="cpu"), texts, images)
+    assert after < before - 0.1
+
+
+def test_checkpoint_reloads_with_identical_weights_and_outputs(trained: tuple[Path, dict]) -> None:
+    out, _ = trained
+    saved = torch.load(out, weights_only=True)
+    model, _, preprocess = open_clip.create_model_and_transforms(TINY, pretrained=str(out))
+    assert set(model.state_dict()) == set(saved)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    encoder = ClipEncoder(TINY, pretrained=str(out), device="cpu")
+    model.eval()
+    texts = ["a red mug", "A blue striped hat with a wide brim, ideal for travel."]
+    with torch.no_grad():
+        direct = torch.nn.functional.normalize(model.encode_text(open_clip.get_tokenizer(TINY)(texts)), dim=-1)
+    np.testing.assert_array_equal(encoder.encode_texts(texts), direct.numpy())
+
+
+def test_trimmed_text_encoding_matches_open_clip() -> None:
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms(TINY)
+    model.eval()
+    tokens = open_clip.get_tokenizer(TINY)(["a red mug", "Ceramic mug in red with a striped finish. Great for tea."])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text_trimmed(model, tokens), model.encode_text(tokens))
+
+
+def test_too_few_pairs_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "c.csv").write_text("item_id,text,image\na,some text,\nb,,\n")
+    with pytest.raises(DataError, match="at least"):
+        finetune_clip(tmp_path / "c.csv", tmp_path / "m.pt", model_name=TINY)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def _attribute_catalog(tmp_path: Path) -> Path:
+    rows = [("1", "red", "mug"), ("2", "red", "hat"), ("3", "blue", "mug"), ("4", "blue", "hat"),
+            ("5", "red", "mug")]
+    path = tmp_path / "cat.csv"
+    path.write_text("item_id,text,image,colour,category\n" + "".join(f"{i},,,{c},{k}\n" for i, c, k in rows))
+    return path
+
+
+def test_attribute_hit_rate_on_known_rankings(tmp_path: Path) -> None:
+    answers = {"a red mug": ["2", "5"], "a red hat": ["1", "3"], "a blue mug": ["3", "1"],
+               "a blue hat": ["1", "2", "4"]}
+    asked: list[str] = []
+
+    def query_fn(text: str) -> list[str]:
+        asked.append(text)
+        return answers[text]
+
+    result = attribute_query_hit_rate(_attribute_catalog(tmp_path), query_fn, k=2)
+    assert sorted(asked) == sorted(answers)
+    assert result["n_queries"] == 4 and result["k"] == 2
+    assert result["hit_rate"] == pytest.approx(2 / 4)  # red mug (5) and blue mug (3); blue hat's 4 is 3rd
+    assert result["precision"] == pytest.approx((0.5 + 0 + 0.5 + 0) / 4)
+    assert result["colour_precision"] == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    assert result["category_precision"] == pytest.approx((0.5 + 0 + 1 + 0.5) / 4)
+    hits = {q["query"]: q["hit"] for q in result["per_query"]}
+    assert hits == {"a red mug": True, "a red hat": False, "a blue mug": True, "a blue hat": False}
+    red_mug = next(q for q in result["per_query"] if q["query"] == "a red mug")
+    assert red_mug["chance_hit"] == pytest.approx(1 - 3 / 10)  # 2 of 5 items relevant: 1 - C(3,2)/C(5,2)
+
+
+def test_attribute_hit_rate_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not in"):
+        attribute_query_hit_rate(_attribute_catalog(tmp_path), lambda text: ["99"])
+    (tmp_path / "plain.csv").write_text("item_id,text,image\n1,a mug,\n")
+    with pytest.raises(DataError, match="colour"):
+        attribute_query_hit_rate(tmp_path / "plain.csv", lambda text: ["1"])
+

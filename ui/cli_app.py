@@ -1,0 +1,123 @@
+"""`dgmrec demo`, `dgmrec serve`, `dgmrec finetune-encoder`: the product's face on the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ui.cli_index import INDEX_ROOT, _index_dir
+
+
+def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = None) -> int:
+    from retrieval.engine import SearchEngine
+    from retrieval.showcase import encoder_note as describe
+    from ui.app import launch
+
+    print(f"serve: loading {index_dir}", flush=True)
+    engine = SearchEngine.load(index_dir)
+    note = encoder_note or describe(engine.bundle.meta["extra"]["encoder"])
+    try:
+        launch(engine, {"index": str(index_dir), "encoder": note}, host=host, port=port)
+    except OSError as exc:
+        print(f"error: cannot serve on {host}:{port} ({exc}); choose another port with --port", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from retrieval.demo import run_demo
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    built = run_demo(args.work, catalog=args.catalog, interactions=args.interactions,
+                     index_dir=INDEX_ROOT / args.index_name, n_items=args.items, encoder_mode=args.encoder,
+                     finetune_epochs=args.finetune_epochs, epochs=args.epochs)
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in built.seconds.items())
+    print(f"demo: index {built.index_dir} ready in {time.perf_counter() - started:.1f}s ({steps})")
+    print(f"demo: encoder: {built.encoder['note']}")
+    if args.no_serve:
+        print(f"demo: not serving (--no-serve); later: dgmrec serve --index {built.index_dir}")
+        return 0
+    return _serve(built.index_dir, args.host, args.port, built.encoder["note"])
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    return _serve(_index_dir(args.index), args.host, args.port)
+
+
+def cmd_finetune_encoder(args: argparse.Namespace) -> int:
+    from retrieval.finetune import finetune_clip
+
+    record = finetune_clip(args.catalog, args.out, model_name=args.model_name, base_pretrained=args.base_pretrained,
+                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    print(json.dumps({k: v for k, v in record.items() if k != "loss_curve"}, indent=2))
+    print(f"saved {args.out} (record in {args.out}.json); use it with: "
+          f"dgmrec build ... --model-name {args.model_name} --pretrained {args.out}")
+    return 0
+
+
+def _add_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=7860, help="port of the web page (default 7860)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from retrieval.demo import ENCODER_MODES, FINETUNE_EPOCHS
+
+    p = sub.add_parser("demo", help="build everything from the sample shop (or a catalog) and serve the page",
+                       description="One command from nothing to the web page: make the sample shop (or read "
+                                   "--catalog/--interactions), choose the encoder (pretrained open_clip ViT-B-32 "
+                                   "where its weights can be had, else a compact model fine-tuned on the "
+                                   "catalog), encode, train DGMRec, generate missing modalities, index, and "
+                                   "serve the Gradio page. Every step is cached in --work: a second run starts "
+                                   "in seconds.")
+    p.add_argument("--catalog", type=Path,
+                   help="your catalog instead of the sample shop (.csv/.tsv/.jsonl: item_id, text, image)")
+    p.add_argument("--interactions", type=Path,
+                   help="interactions for --catalog (CSV/TSV: user_id, item_id, optional rating, timestamp)")
+    p.add_argument("--work", type=Path, default=Path(".cache/demo"),
+                   help="cache folder of the sample shop, encoder, features and model (default .cache/demo)")
+    p.add_argument("--index-name", default="sample-shop",
+                   help="the index is written to ./indexes/NAME (default sample-shop)")
+    p.add_argument("--items", type=int, default=3000, help="items in the sample shop (default 3000; users: half that)")
+    p.add_argument("--encoder", choices=ENCODER_MODES, default="auto",
+                   help="'auto': pretrained ViT-B-32 where its weights can be had, else the fine-tuned compact "
+                        "encoder; 'pretrained': that or fail; 'compact': always fine-tune the compact encoder")
+    p.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
+                   help=f"epochs of the compact encoder's fine-tuning (default {FINETUNE_EPOCHS})")
+    p.add_argument("--epochs", type=int, help="maximum DGMRec training epochs (default: the demo's budget, 40)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--no-serve", action="store_true", help="build (or check) everything, then exit without serving")
+    _add_server_arguments(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("serve", help="serve the web page for an index built before",
+                       description="Search (text to images, image to texts, personalised), recommendations, "
+                                   "generation quality and a catalog overview, for one index.")
+    p.add_argument("--index", required=True, help="index folder (e.g. indexes/sample-shop), or a name under ./indexes/")
+    _add_server_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("finetune-encoder", help="train a compact open_clip encoder on a catalog's image-text pairs",
+                       description="Contrastive (CLIP) training on the catalog's items that have both an image "
+                                   "and a text; writes a checkpoint usable as --pretrained FILE with "
+                                   "--model-name, and FILE.json with the training record and held-out recall.")
+    p.add_argument("--catalog", type=Path, required=True, help="catalog file (.csv/.tsv/.jsonl: item_id, text, image)")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (e.g. encoders/shop.pt)")
+    p.add_argument("--model-name", default="dgmrec-compact",
+                   help="open_clip architecture (default dgmrec-compact, sized for a CPU)")
+    p.add_argument("--base-pretrained",
+                   help="start from these weights: an open_clip pretrained tag or a checkpoint file "
+                        "(default: from scratch)")
+    p.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help=f"training epochs (default {FINETUNE_EPOCHS})")
+    p.add_argument("--batch-size", type=int, default=128, help="image-text pairs per batch (default 128)")
+    p.add_argument("--lr", type=float,
+                   help="learning rate (default 5e-4 from scratch, 1e-5 from pretrained weights)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_finetune_encoder)
