@@ -215,8 +215,12 @@ class VectorIndex:
         k = min(int(k), self.ntotal)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        before = faiss.omp_get_max_threads()  # OpenMP is shared with torch: restore it afterwards
         _threads(len(q))
-        scores, rows = self._index.search(normalise(q), k)
+        try:
+            scores, rows = self._index.search(normalise(q), k)
+        finally:
+            faiss.omp_set_num_threads(before)
         scores[rows < 0] = -np.inf
         return scores, rows.astype(np.int64, copy=False)
 
