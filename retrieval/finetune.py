@@ -31,18 +31,18 @@ from retrieval.encoders import ClipEncoder
 
 MIN_PAIRS = 20
 EVAL_FRACTION = 0.1
-SCRATCH_LR = 5e-4
+SCRATCH_LR = 1e-3
 PRETRAINED_LR = 1e-5
 _CLAUSE = re.compile(r"[.,;!?](?:\s|$)")
 
 
 def finetune_clip(catalog_csv: str | Path, out_path: str | Path, *, model_name: str = "dgmrec-compact",
-                  base_pretrained: str | None = None, epochs: int = 12, batch_size: int = 128,
+                  base_pretrained: str | None = None, epochs: int = 20, batch_size: int = 32,
                   lr: float | None = None, seed: int = 0, device: str | None = None) -> dict[str, Any]:
     """Train ``model_name`` contrastively on the catalog's (image, text) pairs; save it to ``out_path``.
 
     ``base_pretrained`` is an open_clip tag or checkpoint file to start from (None: random init).
-    ``lr`` defaults to 5e-4 from scratch and 1e-5 from pretrained weights. A random 10% of the pairs
+    ``lr`` defaults to 1e-3 from scratch and 1e-5 from pretrained weights. A random 10% of the pairs
     is held out to measure text->image recall@1/@10. Returns the record also written to
     ``out_path + ".json"``.
     """
@@ -114,7 +114,8 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
     """AdamW with warm-up and cosine decay on the symmetric InfoNCE loss; returns per-epoch mean losses.
 
     The token embedding (49k rows, of which a catalog uses a few hundred) gets sparse gradients and
-    its own lazy Adam, so a step costs what the used rows cost, not the whole vocabulary.
+    its own lazy Adam, so a step costs what the used rows cost, not the whole vocabulary. Denormal
+    floats are flushed to zero while training (and the default restored after).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -140,6 +141,7 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
     model.train()
     if sparse:
         embedding.sparse = True
+    flushing = torch.set_flush_denormal(True)  # denormal floats slow CPU optimiser steps a hundredfold
     curve = []
     try:
         for epoch in range(epochs):
@@ -166,6 +168,8 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
     finally:
         if sparse:
             embedding.sparse = False
+        if flushing:
+            torch.set_flush_denormal(False)
     return curve
 
 
@@ -197,7 +201,7 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     mask = getattr(model, "attn_mask", None)
     if getattr(model, "text_pool_type", None) != "argmax" or mask is None or not hasattr(model, "token_embedding"):
         return model.encode_text(tokens)
-    length = int((tokens != 0).sum(dim=1).max())
+    length = int(tokens.argmax(dim=-1).max()) + 1  # the last end-of-text position (the highest token id)
     tokens = tokens[:, :length]
     x = model.token_embedding(tokens) + model.positional_embedding[:length]
     x = model.ln_final(model.transformer(x, attn_mask=mask[:length, :length]))
@@ -215,6 +219,7 @@ def _recall(encoder: ClipEncoder, texts: list[str], images: list[Path]) -> dict[
     """Text->image recall@1 and @10 among the held-out pairs (each text's own image is the target)."""
     text_feats = encoder.encode_texts(texts)
     image_feats = encoder.encode_images(images)
-    scores = text_feats @ image_feats.T
-    rank = (scores > scores[np.arange(len(texts)), np.arange(len(texts))][:, None]).sum(axis=1)
+    own = np.einsum("ij,ij->i", text_feats, image_feats)
+    rank = np.concatenate([(text_feats[s:s + 1024] @ image_feats.T > own[s:s + 1024, None]).sum(axis=1)
+                           for s in range(0, len(texts), 1024)])  # in blocks: no n x n matrix
     return {k: round(float(np.mean(rank < k)), 4) for k in (1, 10)}

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dgmrec_core.errors import DataError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 CATEGORIES = ("t-shirt", "mug", "lamp", "chair", "bag", "shoe", "hat", "bottle", "clock", "book")
 COLOURS = {
@@ -133,6 +133,7 @@ def make_sample_shop(out_dir: str | Path, *, n_items: int = 3000, n_users: int =
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the shop is meant to be shared
     try:
         _build(tmp, n_items=n_items, n_users=n_users, seed=seed, image_size=image_size)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
