@@ -5,11 +5,14 @@ memory, and every graph is a torch sparse tensor.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 # A kNN backend: (features (n, d) float tensor, k) -> (neighbour indices (n, k) long, similarities (n, k)).
 KnnFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
@@ -109,6 +112,23 @@ def modality_knn_graph(features: torch.Tensor, observed: torch.Tensor, k: int,
     idx = torch.cat([idx, torch.arange(n)[:, None]], dim=1)
     sims = torch.cat([sims, missing.float()[:, None]], dim=1)
     return normalised_knn(idx, sims)
+
+
+class CsrProduct(torch.autograd.Function):
+    """``graph @ h`` for a constant sparse CSR ``graph`` whose transpose (CSR too) is given for the backward.
+
+    torch's own backward converts the transpose to CSR on every call; a training step multiplies by the
+    same few graphs many times, so the transpose is made once per graph instead.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, graph: torch.Tensor, graph_t: torch.Tensor) -> torch.Tensor:
+        ctx.graph_t = graph_t
+        return torch.sparse.mm(graph, h)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return torch.sparse.mm(ctx.graph_t, grad), None, None
 
 
 def refresh_rows(old: torch.Tensor, rebuilt: torch.Tensor, rows: torch.Tensor, lam: float) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Loss functions of DGMRec: BPR, InfoNCE, the CLUB mutual-information upper bound, perturbation."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,21 +13,46 @@ def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.
     return -F.logsigmoid((user * pos).sum(-1) - (user * neg).sum(-1)).mean()
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, *, bf16: bool = False) -> torch.Tensor:
-    """InfoNCE with cosine similarity: row i of ``a`` against all rows of ``b``, row i of ``b`` the positive.
+class RowGroups(NamedTuple):
+    """The distinct values of an index vector, where each entry sits among them, and log of their counts."""
 
-    The temperature scales ``a`` before the product, not the (batch x batch) logits: same value, less work.
-    ``bf16`` computes the (batch x batch) similarity product in bfloat16 (the softmax stays float32).
+    unique: torch.Tensor
+    inverse: torch.Tensor
+    log_counts: torch.Tensor
+
+    @classmethod
+    def of(cls, rows: torch.Tensor) -> "RowGroups":
+        unique, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
+        return cls(unique, inverse, counts.float().log())
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGroups | None = None,
+             rows_b: RowGroups | None = None, *, bf16: bool = False) -> torch.Tensor:
+    """InfoNCE with cosine similarity of ``a[rows_a]`` against ``b[rows_b]`` (whole tensors when None).
+
+    Row i of the first is scored against every row of the second; row i of the second is its positive.
+    A batch repeats users and items, so the similarities are computed between distinct rows only and
+    each distinct negative is weighted by its count (log-count added to its logit): the same loss and
+    gradient as the (batch x batch) form, on a (distinct x distinct) matrix, several times smaller on
+    dense data. The temperature scales ``a`` before the product, not the logits: same value, less work.
+    ``bf16`` computes the similarity product in bfloat16 (the softmax stays float32).
     """
-    if a.shape[0] == 0:
+    ua = a if rows_a is None else a[rows_a.unique]
+    ub = b if rows_b is None else b[rows_b.unique]
+    if ua.shape[0] == 0 or ub.shape[0] == 0:
         return a.new_zeros(())
-    a, b = F.normalize(a, dim=1) / temperature, F.normalize(b, dim=1)
+    ua, ub = F.normalize(ua, dim=1) / temperature, F.normalize(ub, dim=1)
     if bf16:
-        with torch.autocast(a.device.type, dtype=torch.bfloat16):
-            logits = (a @ b.T).float()
+        with torch.autocast(ua.device.type, dtype=torch.bfloat16):
+            logits = (ua @ ub.T).float()
     else:
-        logits = a @ b.T
-    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+        logits = ua @ ub.T
+    ia = torch.arange(ua.shape[0], device=a.device) if rows_a is None else rows_a.inverse
+    ib = torch.arange(ub.shape[0], device=a.device) if rows_b is None else rows_b.inverse
+    if ia.shape != ib.shape:
+        raise ValueError(f"info_nce needs as many positives as anchors, got {ia.shape[0]} and {ib.shape[0]}")
+    lse = torch.logsumexp(logits if rows_b is None else logits + rows_b.log_counts, dim=1)
+    return (lse[ia] - logits[ia, ib]).mean()
 
 
 def l2_norms(*tensors: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,6 @@ baseline). Graphs are sparse and rebuilt by ``attach``; they travel in checkpoin
 """
 from __future__ import annotations
 
-import warnings
 from functools import partial
 
 import torch
@@ -16,12 +15,10 @@ from torch import nn
 from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute
-from .graphs import (KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators, modality_knn_graph,
+from .graphs import (CsrProduct, KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators, modality_knn_graph,
                      normalised_knn, refresh_rows)
-from .losses import CLUB, bpr_loss, info_nce, l2_norms, perturb
+from .losses import CLUB, RowGroups, bpr_loss, info_nce, l2_norms, perturb
 
-
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -67,6 +64,7 @@ class DGMRec(nn.Module):
                     self.register_buffer(f"feat_{m}", feat)
             self.register_buffer("observed", torch.ones(n_items, len(dims), dtype=torch.bool))
         self.graphs: dict[str, torch.Tensor] = {}
+        self._transposed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.epochs_generated = 0
         self._mean_filters: list[torch.Tensor] | None = None
 
@@ -114,12 +112,22 @@ class DGMRec(nn.Module):
                        for k, (i, v, s) in state.items()}
 
     # --------------------------------------------------------- representations
+    def product(self, key: str, h: torch.Tensor) -> torch.Tensor:
+        """graphs[key] @ h; with gradients, through CsrProduct and a transpose cached per graph object."""
+        graph = self.graphs[key]
+        if not (torch.is_grad_enabled() and h.requires_grad):
+            return torch.sparse.mm(graph, h)
+        cached = self._transposed.get(key)
+        if cached is None or cached[0] is not graph:
+            cached = self._transposed[key] = (graph, graph.t().to_sparse_csr())
+        return CsrProduct.apply(h, graph, cached[1])
+
     def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN: mean over layers of propagation on the normalised bipartite graph."""
         h = torch.cat([self.user_emb.weight, self.item_emb.weight])
         layers = [h]
         for _ in range(self.config.n_ui_layers):
-            h = torch.sparse.mm(self.graphs["norm_adj"], h)
+            h = self.product("norm_adj", h)
             layers.append(h)
         out = torch.stack(layers).mean(0)
         return out[: self.n_users], out[self.n_users:]
@@ -139,7 +147,7 @@ class DGMRec(nn.Module):
 
     def item_filters(self) -> list[torch.Tensor]:
         """f_m(i): mean user preference over the users who interacted with item i, per modality."""
-        return [torch.sparse.mm(self.graphs["item_mean"], self.user_filter(m)) for m in range(self.n_modalities)]
+        return [self.product("item_mean", self.user_filter(m)) for m in range(self.n_modalities)]
 
     def mean_filter(self, m: int) -> torch.Tensor:
         """Catalog-wide mean preference of modality m (items with interactions), shape (d,).
@@ -162,11 +170,11 @@ class DGMRec(nn.Module):
 
     def propagate(self, m: int, h: torch.Tensor) -> torch.Tensor:
         for _ in range(self.config.n_mm_layers):
-            h = torch.sparse.mm(self.graphs[f"mm_{m}"], h)
+            h = self.product(f"mm_{m}", h)
         return h
 
     def to_users(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.sparse.mm(self.graphs["user_mean"], h)
+        return self.product("user_mean", h)
 
     def translate(self, src: int, dst: int, g: torch.Tensor) -> torch.Tensor:
         """Cross-modal translator of general parts: g_src -> g_dst."""
@@ -227,6 +235,7 @@ class DGMRec(nn.Module):
         nce = partial(info_nce, bf16=c.bf16_logits)
         batch_items = torch.unique(torch.cat([pos, neg]))
         obs = self.observed[batch_items]
+        U, P = RowGroups.of(users), RowGroups.of(pos)
         g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
         raw = c.generation_space == "raw"
         tg, ds = (g, s) if raw else (gf, sf)  # translator targets; decoder's specific input
@@ -239,18 +248,18 @@ class DGMRec(nn.Module):
                 gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both]) if len(both) else gen
                 if a < b:
                     inter = inter + nce(g[a][both], g[b][both], c.inter_modal_temp)
-                    inter = inter + nce(gu[a][users], gu[b][users], c.inter_modal_temp)
+                    inter = inter + nce(gu[a], gu[b], c.inter_modal_temp, U, U)
         for m in range(M):
             has = batch_items[obs[:, m]]
             if len(has):
                 gen = gen + F.mse_loss(self.gen_specific[m](perturb(f[m][has])), s[m][has])
         club = sum(self.club[m](sf[m], gf[m]) for m in range(M))
         g_u, g_i = torch.stack(gu).sum(0), torch.stack(gf).sum(0)
-        intra = nce(p["e_u"][users], p["e_i"][pos], c.intra_modal_temp)
-        intra = intra + nce(g_u[users], g_i[pos], c.inter_modal_temp)
+        intra = nce(p["e_u"], p["e_i"], c.intra_modal_temp, U, P)
+        intra = intra + nce(g_u, g_i, c.inter_modal_temp, U, P)
         for m in range(M):
-            intra = intra + nce(su[m][users], sf[m][pos], c.intra_modal_temp)
-        bm = nce(p["e_i"][pos], g_i[pos], c.align_bm_temp) + nce(p["e_u"][users], g_u[users], c.align_bm_temp)
+            intra = intra + nce(su[m], sf[m], c.intra_modal_temp, U, P)
+        bm = nce(p["e_i"], g_i, c.align_bm_temp, P, P) + nce(p["e_u"], g_u, c.align_bm_temp, U, U)
         recon = sum(self._recon(m, tg[m], ds[m], raw) for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
