@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.trainer import fit  # noqa: E402
@@ -67,12 +68,16 @@ def main() -> None:
             print(f"{name:>20} seed {seed}: recall@20 {result.test['recall@20']:.4f} ndcg@20 "
                   f"{result.test['ndcg@20']:.4f} best epoch {result.best_epoch}/{len(result.history)} "
                   f"{run['sec_per_epoch']:.2f} s/epoch", flush=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=2))
+            # after every run, so a stopped benchmark keeps what it measured
+            atomic_write_text(args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                    "runs": runs}, indent=2))
 
     key = "test_new_items" if args.new_items else "test"
     print(f"\n| model | Recall@20 | NDCG@20 | Recall@50 | best epoch | s/epoch |  ({key}, {len(args.seeds)} seeds)")
     print("|---|---|---|---|---|---|")
     for name, rs in runs.items():
+        if not rs:
+            continue
         print(f"| {name} | {fmt([r[key]['recall@20'] for r in rs])} | {fmt([r[key]['ndcg@20'] for r in rs])} | "
               f"{fmt([r[key]['recall@50'] for r in rs])} | {statistics.mean(r['best_epoch'] for r in rs):.0f} | "
               f"{statistics.mean(r['sec_per_epoch'] for r in rs):.2f} |")

@@ -96,22 +96,58 @@ def modality_knn_graph(features: torch.Tensor, observed: torch.Tensor, k: int,
     few neighbours; ``observed_only`` searches among observed items instead, so each keeps k of them.
     """
     n = features.shape[0]
-    if observed_only:
-        rows = torch.nonzero(observed).squeeze(1)
-        sub_idx, sims = knn_fn(features[rows], k)
-        idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
-        idx[rows] = rows[sub_idx]
-        full = torch.zeros(n, sub_idx.shape[1])
-        full[rows] = sims
-        sims = full
+    missing = ~observed
+    if observed_only or not missing.any() or not observed.any():
+        idx, sims = _knn_among(features, torch.nonzero(observed).squeeze(1), k, knn_fn)
+    elif bool((features[missing] == features[missing][:1]).all()):
+        idx, sims = _knn_with_identical_missing(features, observed, k, knn_fn)
     else:
         idx, sims = knn_fn(features, k)
-    missing = ~observed
     keep = ~(missing[:, None] | missing[idx])
     sims = torch.where(keep, sims, torch.zeros_like(sims))
     idx = torch.cat([idx, torch.arange(n)[:, None]], dim=1)
     sims = torch.cat([sims, missing.float()[:, None]], dim=1)
     return normalised_knn(idx, sims)
+
+
+def _knn_among(features: torch.Tensor, rows: torch.Tensor, k: int, knn_fn: KnnFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """kNN of ``rows`` among ``rows``, as (n, k) arrays; other rows point at themselves with weight 0."""
+    n = features.shape[0]
+    if len(rows) == 0:
+        return torch.arange(n)[:, None], torch.zeros(n, 1)
+    sub_idx, sub_sims = knn_fn(features[rows], k)
+    idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
+    idx[rows] = rows[sub_idx]
+    sims = torch.zeros(n, sub_idx.shape[1])
+    sims[rows] = sub_sims
+    return idx, sims
+
+
+def _knn_with_identical_missing(features: torch.Tensor, observed: torch.Tensor, k: int,
+                                knn_fn: KnnFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observed items' part of the kNN over all rows when every missing row holds the same vector.
+
+    The search runs among the observed rows plus one copy of the missing rows' vector; where that copy
+    ranks, the missing rows take as many places (up to k) in the full ranking, so an observed neighbour
+    ranked after it keeps its edge only if it would still be in the top k. Edges to missing rows are cut
+    by the caller, so this gives the paper's graph without searching the (large, identical) missing rows.
+    """
+    rows = torch.nonzero(observed).squeeze(1)
+    n_missing = int((~observed).sum())
+    copy = torch.nonzero(~observed)[0]
+    sub_idx, sub_sims = knn_fn(features[torch.cat([rows, copy])], min(k, len(rows) + 1))
+    sub_idx, sub_sims = sub_idx[:-1], sub_sims[:-1]  # the copy's own neighbours are not needed
+    is_copy = sub_idx == len(rows)
+    position = torch.arange(sub_idx.shape[1]).expand_as(sub_idx)
+    after_copy = (is_copy.cumsum(1) - is_copy.long()) > 0
+    rank = torch.where(after_copy, position + n_missing - 1, position)
+    kept = ~is_copy & (rank < k)
+    n = features.shape[0]
+    idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
+    idx[rows] = torch.where(kept, torch.cat([rows, rows[:1]])[sub_idx], rows[:, None])
+    sims = torch.zeros(n, sub_idx.shape[1])
+    sims[rows] = torch.where(kept, sub_sims, torch.zeros_like(sub_sims))
+    return idx, sims
 
 
 class CsrProduct(torch.autograd.Function):

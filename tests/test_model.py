@@ -48,6 +48,33 @@ def test_missing_item_keeps_only_its_self_loop() -> None:
     assert ((rows != cols) & observed[rows] & observed[cols]).sum() > 0
 
 
+def paper_knn_graph(x: torch.Tensor, observed: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference of the paper's rule, dense: top-k cosine over all rows, edges touching missing rows cut,
+    a self-loop of 1 for missing rows, then D^-1/2 A D^-1/2 with D the row sums."""
+    sims = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(x, dim=1).T
+    top = sims.topk(k, dim=1)
+    adj = torch.zeros_like(sims).scatter_(1, top.indices, top.values.clamp(min=0))
+    adj[~observed] = 0
+    adj[:, ~observed] = 0
+    adj[~observed, ~observed] = 1.0
+    inv_sqrt = adj.sum(1).pow(-0.5)
+    return inv_sqrt[:, None] * adj * inv_sqrt[None, :]
+
+
+@pytest.mark.parametrize("n_missing", [2, 9, 25])
+def test_knn_graph_with_identical_imputed_rows_equals_the_full_search(n_missing: int) -> None:
+    torch.manual_seed(n_missing)
+    x = torch.randn(40, 6)
+    observed = torch.ones(40, dtype=torch.bool)
+    observed[torch.randperm(40)[:n_missing]] = False
+    x[~observed] = x[observed].mean(0)  # mean imputation: every missing row the same vector, near everything
+    expected = paper_knn_graph(x, observed, 5)
+    graph = modality_knn_graph(x, observed, 5).to_dense()
+    torch.testing.assert_close(graph, expected)
+    cut = ((expected > 0) & observed[:, None] & observed[None, :]).sum(1)
+    assert (cut < 5).any()  # the imputed rows did take places from observed neighbours
+
+
 def test_refresh_blends_only_the_given_rows() -> None:
     n = 6
     old = torch.eye(n).to_sparse().coalesce()
