@@ -75,6 +75,11 @@ def test_knn_graph_with_identical_imputed_rows_equals_the_full_search(n_missing:
     assert (cut < 5).any()  # the imputed rows did take places from observed neighbours
 
 
+def test_knn_graph_of_a_modality_nobody_has_is_self_loops() -> None:
+    graph = modality_knn_graph(torch.zeros(6, 3), torch.zeros(6, dtype=torch.bool), 4).to_dense()
+    torch.testing.assert_close(graph, torch.eye(6))
+
+
 def test_refresh_blends_only_the_given_rows() -> None:
     n = 6
     old = torch.eye(n).to_sparse().coalesce()
