@@ -102,5 +102,6 @@ def main() -> None:
 
     print_table(runs, "test_new_items" if args.new_items else "test")
 
+
 if __name__ == "__main__":
     main()
