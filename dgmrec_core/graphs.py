@@ -116,11 +116,16 @@ def _knn_among(features: torch.Tensor, rows: torch.Tensor, k: int, knn_fn: KnnFn
     if len(rows) == 0:
         return torch.arange(n)[:, None], torch.zeros(n, 1)
     sub_idx, sub_sims = knn_fn(features[rows], k)
-    idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
-    idx[rows] = rows[sub_idx]
-    sims = torch.zeros(n, sub_idx.shape[1])
-    sims[rows] = sub_sims
-    return idx, sims
+    return _spread(n, rows, rows[sub_idx], sub_sims)
+
+
+def _spread(n: int, rows: torch.Tensor, neighbours: torch.Tensor, sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, k) kNN arrays holding ``neighbours``/``sims`` at ``rows``; every other row points at itself, weight 0."""
+    idx = torch.arange(n)[:, None].repeat(1, neighbours.shape[1])
+    idx[rows] = neighbours
+    full = torch.zeros(n, neighbours.shape[1])
+    full[rows] = sims
+    return idx, full
 
 
 def _knn_with_identical_missing(features: torch.Tensor, observed: torch.Tensor, k: int,
@@ -142,12 +147,8 @@ def _knn_with_identical_missing(features: torch.Tensor, observed: torch.Tensor, 
     after_copy = (is_copy.cumsum(1) - is_copy.long()) > 0
     rank = torch.where(after_copy, position + n_missing - 1, position)
     kept = ~is_copy & (rank < k)
-    n = features.shape[0]
-    idx = torch.arange(n)[:, None].repeat(1, sub_idx.shape[1])
-    idx[rows] = torch.where(kept, torch.cat([rows, rows[:1]])[sub_idx], rows[:, None])
-    sims = torch.zeros(n, sub_idx.shape[1])
-    sims[rows] = torch.where(kept, sub_sims, torch.zeros_like(sub_sims))
-    return idx, sims
+    neighbours = torch.where(kept, torch.cat([rows, rows[:1]])[sub_idx], rows[:, None])
+    return _spread(features.shape[0], rows, neighbours, torch.where(kept, sub_sims, torch.zeros_like(sub_sims)))
 
 
 class CsrProduct(torch.autograd.Function):
