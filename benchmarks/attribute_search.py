@@ -17,6 +17,8 @@ Writes ``benchmarks/RESULTS_attribute_search.md`` with the command and the date.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import platform
 import shlex
@@ -31,19 +33,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
+from retrieval.catalog import load_catalog  # noqa: E402
 from retrieval.attribute_eval import attribute_query_hit_rate, direct_clip_query_fn  # noqa: E402
 from retrieval.demo import run_demo  # noqa: E402
 from retrieval.engine import SearchEngine  # noqa: E402
 from retrieval.showcase import encoder_note  # noqa: E402
 
-DATE = "2026-11-27"
-ROUTES = (("DGMRec-translated", "dgmrec"), ("direct (encoder text vector -> image index)", "direct"),
-          ("fused (DGMRec + direct)", "fused"))
+ROUTES = (("auto (the route the build measured best)", "auto"), ("DGMRec-translated", "dgmrec"),
+          ("direct (encoder text vector -> image index)", "direct"), ("fused (DGMRec + direct)", "fused"))
+
+
+def matching_generated_share(engine: SearchEngine, catalog: Path) -> float:
+    """Mean over (colour, category) queries of the share of matching items whose image is generated."""
+    table = load_catalog(catalog, skip_bad=True)[0]
+    generated = np.asarray(engine.bundle.generated["image"], dtype=bool)
+    rows = np.asarray([engine.bundle.row_of(i) for i in table.item_ids])
+    keys = np.asarray([f"{e['colour']}|{e['category']}" for e in table.extra])
+    return float(np.mean([generated[rows[keys == key]].mean() for key in np.unique(keys)]))
 
 
 def measure(engine: SearchEngine, catalog: Path, k: int) -> list[dict[str, Any]]:
     """Hit rate and precisions of each route, plus the share of generated entries in the top ``k``."""
     rows = []
+    matching = matching_generated_share(engine, catalog)
     for label, route in ROUTES:
         generated: list[float] = []
 
@@ -54,13 +66,40 @@ def measure(engine: SearchEngine, catalog: Path, k: int) -> list[dict[str, Any]]
 
         started = time.perf_counter()
         result = attribute_query_hit_rate(catalog, query, k=k)
-        rows.append({"label": label, **_summary(result), "generated": float(np.mean(generated)),
+        rows.append({"label": label, "route": route if route != "auto" else
+                     f"auto ({engine.resolve_route('text', 'image', 'auto')})", **_summary(result),
+                     "generated": float(np.mean(generated)), "generated_matching": matching,
                      "seconds": time.perf_counter() - started})
     started = time.perf_counter()
     result = attribute_query_hit_rate(catalog, direct_clip_query_fn(engine.encoder, catalog, k=k), k=k)
-    rows.append({"label": "encoder alone, real catalog images only", **_summary(result), "generated": 0.0,
-                 "seconds": time.perf_counter() - started})
+    rows.append({"label": "encoder alone, real catalog images only", "route": "real-images-only", **_summary(result),
+                 "generated": 0.0, "generated_matching": matching, "seconds": time.perf_counter() - started})
     return rows
+
+
+def personalised(engine: SearchEngine, shop: Path, k: int, n_users: int, seed: int = 0) -> dict[str, Any]:
+    """For users who prefer one or two categories: "a <colour> <category>" queries anonymous and for the
+    user. Share of the top k matching both attributes (must stay), and share in the user's preferred
+    pattern (the query leaves it open: personalisation may move toward it)."""
+    table = load_catalog(shop / "catalog.csv", skip_bad=True)[0]
+    attrs = {i: e for i, e in zip(table.item_ids, table.extra)}
+    with open(shop / "users.csv", newline="") as handle:
+        users = [u for u in csv.DictReader(handle) if u["user_id"] in set(engine.users())]
+    rng = np.random.default_rng(seed)
+    users = [users[i] for i in rng.permutation(len(users))[:n_users]]
+    colours = sorted({e["colour"] for e in table.extra})
+    out = {"anonymous": {"match": [], "pattern": []}, "personalised": {"match": [], "pattern": []}}
+    for user in users:
+        for category in user["categories"].split("|"):
+            colour = colours[int(rng.integers(len(colours)))]
+            text = f"a {colour} {category}"
+            for mode, who in (("anonymous", None), ("personalised", user["user_id"])):
+                hits = engine.search_text(text, target="image", k=k, user=who)
+                got = [attrs[h.item_id] for h in hits]
+                out[mode]["match"].append(np.mean([g["colour"] == colour and g["category"] == category for g in got]))
+                out[mode]["pattern"].append(np.mean([g["pattern"] == user["pattern"] for g in got]))
+    return {"users": len(users), "queries": len(out["anonymous"]["match"]),
+            **{f"{mode}_{key}": float(np.mean(v)) for mode, d in out.items() for key, v in d.items()}}
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -89,12 +128,13 @@ def report(rows: list[dict[str, Any]], engine: SearchEngine, command: str, date:
         "mean share of the top k with both attributes (colour / category alone in the next columns). "
         "Generated: share of the top k whose image feature DGMRec generated (items with no photo).",
         "",
-        f"| route | hit rate@{k} | precision@{k} | colour precision | category precision | generated in top {k} |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"| route | hit rate@{k} | precision@{k} | colour precision | category precision | generated in top {k} | "
+        "generated among matching items |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['label']} | **{r['hit_rate']:.3f}** | {r['precision']:.3f} | {r['colour_precision']:.3f} | "
-                     f"{r['category_precision']:.3f} | {r['generated']:.2f} |")
+                     f"{r['category_precision']:.3f} | {r['generated']:.2f} | {r['generated_matching']:.2f} |")
     lines += ["", f"Chance hit rate (a random top {k} of the catalog): {rows[0]['chance_hit_rate']:.3f}.", ""]
     return "\n".join(lines)
 
@@ -107,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the demo's index folder (default indexes/sample-shop)")
     parser.add_argument("--items", type=int, default=3000, help="sample shop size (default 3000)")
     parser.add_argument("--k", type=int, default=10, help="results per query (default 10)")
-    parser.add_argument("--date", default=DATE, help=f"date written into the results (default {DATE})")
+    parser.add_argument("--users", type=int, default=100, help="users in the personalised test (default 100)")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/attribute_search.json")
+    parser.add_argument("--date", default=time.strftime("%Y-%m-%d"), help="date written into the results (default today)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/RESULTS_attribute_search.md",
                         help="results file (default benchmarks/RESULTS_attribute_search.md)")
     args = parser.parse_args(argv)
@@ -119,11 +161,28 @@ def main(argv: list[str] | None = None) -> int:
     build_seconds = time.perf_counter() - started
     engine = SearchEngine.load(built.index_dir)
     rows = measure(engine, built.catalog, args.k)
+    person = personalised(engine, built.catalog.parent, args.k, args.users)
     for r in rows:
         print(f"{r['label']:45s} hit rate@{args.k} {r['hit_rate']:.3f}  precision {r['precision']:.3f}  "
               f"generated {r['generated']:.2f}  ({r['seconds']:.1f}s)")
     print(f"chance hit rate {rows[0]['chance_hit_rate']:.3f}, {rows[0]['n_queries']} queries")
-    atomic_write_text(args.out, report(rows, engine, command, args.date, build_seconds))
+    text = report(rows, engine, command, args.date, build_seconds)
+    text += ("\n## Personalised search\n\n"
+             f"{person['queries']} queries \"a <colour> <category>\" for {person['users']} users, one per category the user "
+             "prefers (colour drawn at random), anonymous and personalised (default: the user's scores reorder "
+             f"the items matching the query). Share of the top {args.k} with both attributes, and share in the "
+             "user's preferred pattern (which the query leaves open).\n\n"
+             "| search | both attributes | user's pattern |\n|---|---:|---:|\n"
+             f"| anonymous | {person['anonymous_match']:.3f} | {person['anonymous_pattern']:.3f} |\n"
+             f"| personalised | {person['personalised_match']:.3f} | {person['personalised_pattern']:.3f} |\n")
+    atomic_write_text(args.out, text)
+    records = [{"route": r["route"], "hit@10": r["hit_rate"], "colour_precision": r["colour_precision"],
+                "category_precision": r["category_precision"], "generated_share_top10": r["generated"],
+                "generated_share_matching": r["generated_matching"], "precision": r["precision"],
+                "chance_hit_rate": r["chance_hit_rate"]} for r in rows]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
+    atomic_write_text(args.json.with_name("personalised_search.json"), json.dumps(person, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
 

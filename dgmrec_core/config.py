@@ -40,6 +40,9 @@ class DGMRecConfig:
     eval_every: int = 1
     imputation: str = "mean"
     generation_space: str = "propagated"
+    generator: str = "contrastive"
+    gen_temp: float = 0.1
+    gen_calibration: bool = True
     generation: bool = True
     use_modalities: bool = True
     train_features: bool = False
@@ -47,7 +50,8 @@ class DGMRecConfig:
     seed: int = 2024
 
     def __post_init__(self) -> None:
-        choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw")}
+        choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
+                   "generator": ("contrastive", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -106,6 +110,14 @@ HELP: dict[str, str] = {
                         "graph-propagated parts; the decoder also learns from generated rows) or 'raw' (the "
                         "encoders' own g and s, the space generation and queries feed them; the decoder learns "
                         "from observed rows only)",
+    "generator": "how missing features are generated: 'contrastive' (the default, docs/DESIGN.md 'Generation'): "
+                 "translators, specific generators and decoders learn on the encoders' own parts of observed rows, "
+                 "and the whole chain decoder([translator(g_src), gen(f)]) is trained end to end against the "
+                 "item's real feature with InfoNCE + MSE, then calibrated to the real features' distribution; "
+                 "'paper': exactly the published method (MSE losses only; space set by generation_space)",
+    "gen_temp": "temperature of the contrastive generator's InfoNCE (generated feature vs the batch's real features)",
+    "gen_calibration": "contrastive generator: match each generated dimension's mean and spread to the real "
+                       "features' (off = raw decoder output)",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
     "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
     "train_features": "make raw feature rows trainable parameters, as the official code does",

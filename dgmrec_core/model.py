@@ -63,6 +63,9 @@ class DGMRec(nn.Module):
                 else:
                     self.register_buffer(f"feat_{m}", feat)
             self.register_buffer("observed", torch.ones(n_items, len(dims), dtype=torch.bool))
+            for m, dm in enumerate(dims):  # generated -> real moments per dimension (identity until fitted)
+                self.register_buffer(f"calib_{m}", torch.stack([torch.zeros(dm), torch.ones(dm),
+                                                                torch.zeros(dm), torch.ones(dm)]))
         self.graphs: dict[str, torch.Tensor] = {}
         self._transposed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.epochs_generated = 0
@@ -78,6 +81,16 @@ class DGMRec(nn.Module):
 
     def features(self, m: int) -> torch.Tensor:
         return getattr(self, f"feat_{m}")
+
+    @property
+    def contrastive(self) -> bool:
+        """The contrastive generator (the default) rather than the paper's."""
+        return self.config.generator == "contrastive"
+
+    @property
+    def raw_generation(self) -> bool:
+        """Translators and decoders learn on, and generate from, the encoders' own parts (not propagated)."""
+        return self.contrastive or self.config.generation_space == "raw"
 
     def main_parameters(self) -> list[nn.Parameter]:
         """Parameters of the main optimiser: everything but the CLUB estimators."""
@@ -237,7 +250,7 @@ class DGMRec(nn.Module):
         obs = self.observed[batch_items]
         U, P = RowGroups.of(users), RowGroups.of(pos)
         g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
-        raw = c.generation_space == "raw"
+        raw = self.raw_generation
         tg, ds = (g, s) if raw else (gf, sf)  # translator targets; decoder's specific input
         inter = gen = 0.0
         for a in range(M):
@@ -245,7 +258,11 @@ class DGMRec(nn.Module):
                 if a == b:
                     continue
                 both = batch_items[obs[:, a] & obs[:, b]]
-                gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both]) if len(both) else gen
+                if not len(both):
+                    continue
+                gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
+                if self.contrastive:
+                    gen = gen + self._chain_loss(a, b, g[a][both], f[b][both], self.features(b)[both])
                 if a < b:
                     inter = inter + nce(g[a][both], g[b][both], c.inter_modal_temp)
                     inter = inter + nce(gu[a], gu[b], c.inter_modal_temp, U, U)
@@ -263,6 +280,12 @@ class DGMRec(nn.Module):
         recon = sum(self._recon(m, tg[m], ds[m], raw) for m in range(M))
         return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
+
+    def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, f_b: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+        """The whole generation chain a -> b against the real features of the same items: InfoNCE (each
+        generated row must pick its own item among the batch's real rows) plus MSE (scale and offset)."""
+        x_hat = self.decode(b, self.translate(a, b, g_a), self.gen_specific[b](f_b))
+        return info_nce(x_hat, x_b, self.config.gen_temp) + F.mse_loss(x_hat, x_b)
 
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, observed_only: bool) -> torch.Tensor:
         """MSE of decoder_m(perturbed, detached [g, s]) against the features: every row (the paper's code)
@@ -294,6 +317,12 @@ class DGMRec(nn.Module):
         With ``generation_space`` 'propagated' (the paper's code) both parts are first propagated on the
         modality graph; with 'raw' they stay in the encoders' space, where the decoder learned.
         """
+        raw = self._generate(noise)
+        return [self.calibrate(m, x) for m, x in enumerate(raw)] if self.contrastive else raw
+
+    @torch.no_grad()
+    def _generate(self, noise: bool = True) -> list[torch.Tensor]:
+        """``generated_features`` before calibration."""
         M = self.n_modalities
         g = [self.general(m, self.features(m)) for m in range(M)]
         f = self.item_filters()
@@ -306,14 +335,39 @@ class DGMRec(nn.Module):
             trans = torch.stack([self.translate(a, m, g[a]) for a in srcs], 1)
             g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
             s_hat = self.gen_specific[m](f[m])
-            if self.config.generation_space == "propagated":
+            if not self.raw_generation:
                 g_hat, s_hat = self.propagate(m, g_hat), self.propagate(m, s_hat)
-            out.append(self.decode(m, g_hat, s_hat, noise=noise))
+            out.append(self.decode(m, g_hat, s_hat, noise=noise and not self.contrastive))
         return out
+
+    def calibrate(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """Generated features of modality m moved to the real features' per-dimension mean and spread."""
+        if not (self.contrastive and self.config.gen_calibration):
+            return x
+        gen_mean, gen_std, real_mean, real_std = getattr(self, f"calib_{m}")
+        return (x - gen_mean) / gen_std * real_std + real_mean
+
+    @torch.no_grad()
+    def update_calibration(self) -> None:
+        """Fit the calibration of the contrastive generator: per modality, the mean and spread of what it
+        generates for items with a source modality observed, and those of the real (observed) rows."""
+        if not self.contrastive:
+            return
+        generated = self._generate(noise=False)
+        for m, x_hat in enumerate(generated):
+            others = [a for a in range(self.n_modalities) if a != m]
+            src = self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
+            real = self.features(m)[self.observed[:, m]]
+            if int(src.sum()) < 2 or real.shape[0] < 2:
+                continue
+            gen = x_hat[src]
+            stats = torch.stack([gen.mean(0), gen.std(0).clamp_min(1e-6), real.mean(0), real.std(0)])
+            getattr(self, f"calib_{m}").copy_(stats)
 
     @torch.no_grad()
     def generate_missing(self) -> None:
         """Write generated features into the rows of items missing each modality."""
+        self.update_calibration()
         for m, x_hat in enumerate(self.generated_features()):
             miss = ~self.observed[:, m]
             self.features(m)[miss] = x_hat[miss]
@@ -342,7 +396,7 @@ class DGMRec(nn.Module):
             pref = self.mean_filter(dst).expand(x.shape[0], -1)
         else:
             pref = self.user_filter(dst, users)
-        return self.decode(dst, g, self.gen_specific[dst](pref))
+        return self.calibrate(dst, self.decode(dst, g, self.gen_specific[dst](pref)))
 
     @torch.no_grad()
     def cold_item_embeddings(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -140,6 +140,8 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+        if model.n_modalities:
+            model.update_calibration()  # so a saved state generates as its weights say
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                                   "loss": {k: v / n_batches for k, v in sums.items()}}
         if (epoch + 1) % config.eval_every == 0:

@@ -1,9 +1,12 @@
 """The search engine: encoder + trained DGMRec + index bundle, loaded once, answering queries.
 
-Cross-modal queries take one of three routes: ``"dgmrec"`` (DESIGN.md section 3: translator, the
-user's or the catalog's mean preference, decoder, into the target index), ``"direct"`` (the raw
-encoder vector straight into the other index; meaningful for aligned CLIP spaces) or ``"fused"`` (the
-normalised sum of both). Same-modality queries go straight into their own index, whatever the route.
+Cross-modal queries take one of the routes ``"dgmrec"`` (docs/DESIGN.md: translator, the catalog's
+mean preference, decoder, into the target index), ``"direct"`` (the raw encoder vector straight into the
+other index; meaningful for aligned CLIP spaces), ``"fused"`` (the normalised sum of both), or
+``"auto"`` (the default: the one the build's held-out test found best for that pair of modalities).
+Same-modality queries go straight into their own index, whatever the route. A user personalises by
+reordering the items that match the query (``personalise="rerank"``, the default), or through the
+translated vector (``"preference"``: the user's modality preference, DESIGN.md section 3).
 Recommendations come from the fused index (dot-product ranking, the user's training items excluded).
 """
 from __future__ import annotations
@@ -26,9 +29,14 @@ from retrieval.completion import complete_new_items
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.fused import augment_items, augment_queries, dot_scores
 from retrieval.indexes import FUSED, IndexBundle, IndexMismatch, normalise
-from retrieval.pipeline import image_refs
+from retrieval.pipeline import HELDOUT_EVAL, image_refs
 
-ROUTES = ("dgmrec", "direct", "fused")
+ROUTES = ("auto", "dgmrec", "direct", "fused")
+PERSONALISE = ("rerank", "preference")
+PERSONALISE_DEFAULT = "rerank"
+RERANK_POOL_FACTOR = 3  # personalised search reorders the anonymous top (factor x k) ...
+RERANK_POOL_MIN = 30
+RERANK_WEIGHT = 0.5  # ... moving an item by at most this share of the pool's query-score range
 MAX_K = 1000
 
 
@@ -170,35 +178,42 @@ class SearchEngine:
 
     # ------------------------------------------------------------------ queries
     def search_text(self, text: str, *, target: str = "image", k: int = 10, user: str | None = None,
-                    route: str = "dgmrec") -> list[Hit]:
+                    route: str = "auto", personalise: str = PERSONALISE_DEFAULT) -> list[Hit]:
         """Items whose ``target`` modality matches the query text (``target="text"``: text to text).
 
-        ``user`` personalises the cross-modal ``"dgmrec"``/``"fused"`` routes (the user's preference
-        replaces the catalog mean); same-modality search compares raw features and is the same for all.
+        ``route``: ``"auto"`` (the default: the route the build's held-out measurement found best for this
+        pair of modalities), ``"dgmrec"``, ``"direct"`` or ``"fused"``. ``user`` personalises: with
+        ``personalise="rerank"`` (the default) the user's scores reorder the items that match the query
+        and never bring in items that do not; ``"preference"`` is DESIGN.md section 3's query path (the
+        user's modality preference replaces the catalog's in the translated query vector).
         """
         if not isinstance(text, str) or not text.strip():
             raise QueryError("the query text is empty: type a few words describing what you look for")
-        self._check(target, k, route)
+        self._check(target, k, route, personalise)
         with torch.no_grad():
             x = self.encoder.encode_texts([text.strip()])
-        return self._search("text", x, target, k, user, route)
+        return self._search("text", x, target, k, user, route, personalise)
 
     def search_image(self, image: Image.Image | str | Path | bytes, *, target: str = "text", k: int = 10,
-                     user: str | None = None, route: str = "dgmrec") -> list[Hit]:
+                     user: str | None = None, route: str = "auto", personalise: str = PERSONALISE_DEFAULT) -> list[Hit]:
         """Items whose ``target`` modality matches the query image (a PIL image, a file path or bytes).
 
-        ``user`` and ``route`` as in :meth:`search_text`.
+        ``user``, ``route`` and ``personalise`` as in :meth:`search_text`.
         """
-        self._check(target, k, route)
+        self._check(target, k, route, personalise)
         picture = _open_image(image)
         with torch.no_grad():
             x = self.encoder.encode_images([picture])
-        return self._search("image", x, target, k, user, route)
+        return self._search("image", x, target, k, user, route, personalise)
 
     def query_vector(self, source: str, x: np.ndarray, target: str, *, user: str | None = None,
-                     route: str = "dgmrec") -> np.ndarray:
-        """The vector (1, d_target) a ``source`` feature ``x`` (1, d_source) is searched with in ``target``."""
+                     route: str = "auto") -> np.ndarray:
+        """The vector (1, d_target) a ``source`` feature ``x`` (1, d_source) is searched with in ``target``.
+
+        ``user`` here changes the translated vector (the user's modality preference, DESIGN.md section 3).
+        """
         self._check(target, 1, route)
+        route = self.resolve_route(source, target, route)
         u = None if user is None else torch.as_tensor([self._user(user)])
         if source == target:
             return x
@@ -217,19 +232,47 @@ class SearchEngine:
             return generated
         return normalise(normalise(generated) + normalise(direct))
 
-    def _check(self, target: str, k: int, route: str) -> None:
+    def resolve_route(self, source: str, target: str, route: str = "auto") -> str:
+        """The route a query from ``source`` to ``target`` takes: ``route`` itself, or for ``"auto"`` the one
+        the build's held-out measurement found best for that pair (``"dgmrec"`` when it measured none)."""
+        if route != "auto" or source == target:
+            return route
+        for pair in self.bundle.meta["extra"].get(HELDOUT_EVAL, {}).get("pairs", []):
+            if pair["src"] == source and pair["dst"] == target:
+                return pair["auto"]
+        return "dgmrec"
+
+    def _check(self, target: str, k: int, route: str, personalise: str = PERSONALISE_DEFAULT) -> None:
         if target not in self.modalities:
             raise QueryError(f"unknown target {target!r}: choose one of {', '.join(self.modalities)}")
         if route not in ROUTES:
             raise QueryError(f"unknown route {route!r}: choose one of {', '.join(ROUTES)}")
+        if personalise not in PERSONALISE:
+            raise QueryError(f"unknown personalisation {personalise!r}: choose one of {', '.join(PERSONALISE)}")
         _check_k(k)
 
-    def _search(self, source: str, x: np.ndarray, target: str, k: int, user: str | None, route: str) -> list[Hit]:
+    def _search(self, source: str, x: np.ndarray, target: str, k: int, user: str | None, route: str,
+                personalise: str) -> list[Hit]:
         if user is not None:
             self._user(user)
-        vector = self.query_vector(source, x, target, user=user, route=route)
-        hits = self.bundle.search(target, vector, k)
-        return self._hits(hits.rows[0], hits.scores[0], hits.generated[0])
+        if user is None or personalise == "preference":
+            vector = self.query_vector(source, x, target, user=user, route=route)
+            hits = self.bundle.search(target, vector, k)
+            return self._hits(hits.rows[0], hits.scores[0], hits.generated[0])
+        vector = self.query_vector(source, x, target, route=route)
+        pool = min(len(self.bundle), max(RERANK_POOL_MIN, RERANK_POOL_FACTOR * k))
+        hits = self.bundle.search(target, vector, pool)
+        keep = hits.rows[0] >= 0
+        rows, scores, generated = hits.rows[0][keep], hits.scores[0][keep], hits.generated[0][keep]
+        combined = personalised_scores(scores, self._user_scores(self._user(user), rows))
+        order = np.argsort(-combined, kind="stable")[:k]
+        return self._hits(rows[order], combined[order], generated[order])
+
+    def _user_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
+        """DGMRec's score of user row ``u`` for item ``rows`` (dot product of fused embeddings)."""
+        query = self._user_emb[u:u + 1]
+        items = self.bundle.fused_items()[rows]
+        return dot_scores(normalise(augment_queries(query)) @ items.T, query, self._radius)[0]
 
     def recommend(self, user_id: str, k: int = 10) -> list[Hit]:
         """Top-``k`` items for ``user_id`` by DGMRec's score (dot product), training items excluded.
@@ -287,6 +330,19 @@ class SearchEngine:
         self.bundle.add_items(catalog.item_ids, done.features, done.generated,
                               augment_items(fused.numpy(), self._radius), extra={"items": updated})
         return list(catalog.item_ids)
+
+
+def personalised_scores(query_scores: np.ndarray, user_scores: np.ndarray, weight: float = RERANK_WEIGHT) -> np.ndarray:
+    """Scores of a pool of query matches once a user's scores are taken in: each item's query score plus
+    ``weight`` times the pool's query-score range times the user's score scaled to [0, 1] within the pool.
+    The user moves items within what the query matched; the pool itself comes from the query alone."""
+    q = np.asarray(query_scores, dtype=np.float64)
+    u = np.asarray(user_scores, dtype=np.float64)
+    if len(q) < 2:
+        return q.astype(np.float32)
+    spread = u.max() - u.min()
+    scaled = (u - u.min()) / spread if spread > 0 else np.zeros_like(u)
+    return (q + weight * (q.max() - q.min()) * scaled).astype(np.float32)
 
 
 def _check_k(k: int) -> None:

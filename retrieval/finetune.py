@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
@@ -60,21 +59,17 @@ def finetune_clip(catalog_csv: str | Path, out_path: str | Path, *, model_name: 
     n_eval = max(2, round(EVAL_FRACTION * len(both)))
     eval_rows, train_rows = order[:n_eval], order[n_eval:]
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    try:
-        encoder = ClipEncoder(model_name, pretrained=base_pretrained, device=device, seed=seed)
-        model = encoder.model
-        losses = _train(model, encoder.device, [catalog.image_paths[i] for i in train_rows],
-                        [catalog.texts[i] for i in train_rows], encoder.tokenizer, _train_transform(model),
-                        epochs=epochs, batch_size=min(batch_size, len(train_rows)), lr=lr, seed=seed)
-        model.eval()
-        recall = _recall(encoder, [catalog.texts[i] for i in eval_rows], [catalog.image_paths[i] for i in eval_rows])
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        with atomic_path(out_path) as tmp:
-            torch.save(state, tmp)
-    finally:
-        torch.set_num_threads(threads)
+    # torch's thread count as set (OMP_NUM_THREADS, --threads) is kept: never every core regardless
+    encoder = ClipEncoder(model_name, pretrained=base_pretrained, device=device, seed=seed)
+    model = encoder.model
+    losses = _train(model, encoder.device, [catalog.image_paths[i] for i in train_rows],
+                    [catalog.texts[i] for i in train_rows], encoder.tokenizer, _train_transform(model),
+                    epochs=epochs, batch_size=min(batch_size, len(train_rows)), lr=lr, seed=seed)
+    model.eval()
+    recall = _recall(encoder, [catalog.texts[i] for i in eval_rows], [catalog.image_paths[i] for i in eval_rows])
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(out_path) as tmp:
+        torch.save(state, tmp)
 
     record = {
         "model_name": model_name, "base_pretrained": base_pretrained, "checkpoint": out_path.name,

@@ -27,6 +27,7 @@ from dgmrec_core.checkpoint import (dataset_fingerprint, load_model, model_shape
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
+from dgmrec_core.heldout import heldout_report
 from dgmrec_core.interactions import build_interactions, load_interactions
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
@@ -42,6 +43,7 @@ DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 MODEL_FILE = "model.pt"
 MAX_LISTED_SKIPS = 20
+HELDOUT_EVAL = "heldout_eval"
 
 
 def _say(message: str) -> None:
@@ -240,6 +242,10 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
              f"{summary['mean_cosine']:.3f} (mean imputation {summary['mean_imputation_cosine']:.3f}), "
              f"median rank of the real item {summary['median_rank']:.0f} of {summary['n_items']}")
 
+    routes = heldout_report(model, [encoded.features[m] for m in model.names],
+                            [encoded.observed[m] for m in model.names])
+    _say_routes(routes)
+
     with torch.no_grad():
         users, items = model.final_embeddings()
     users, items = users.numpy().astype(np.float32), items.numpy()
@@ -259,6 +265,7 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
         "best_epoch": payload["best_epoch"],
         "metrics": payload["metrics"],
         "heldout": report,
+        HELDOUT_EVAL: routes,
         GENERATION_EVAL: generation_quality(model, encoded.features, catalog.item_ids),
         "skipped": [str(p) for p in problems],
         "fused": {"transform": "dot-to-cosine", "radius": radius},
@@ -281,6 +288,19 @@ def _with_real(completed: np.ndarray, real: np.ndarray, held: Holdout, m: str) -
     out = completed.copy()
     out[rows] = real[rows]
     return out
+
+
+def _say_routes(report: dict[str, Any]) -> None:
+    """The held-out generation and route table, then its warnings in plain words."""
+    for pair in report["pairs"]:
+        _say(f"held-out {pair['src']} -> {pair['dst']} ({pair['n']} items, {pair['n_candidates']} candidates, "
+             f"chance Hit@10 {pair['chance']:.3f}):")
+        for what, scores in (("generation", pair["generation"]), ("route", pair["routes"])):
+            _say(f"  {what:10s} " + "  ".join(f"{k} {v['hit@10']:.2f}" for k, v in scores.items())
+                 + "   (Hit@10)")
+        _say(f"  auto route: {pair['auto']}")
+    for warning in report["warnings"]:
+        _say(f"warning: {warning}")
 
 
 def _report_skips(problems: list[Problem]) -> None:

@@ -244,8 +244,8 @@ def test_same_modality_search_finds_the_item_itself(built: Built) -> None:
 def test_personalised_route_depends_on_the_user(built: Built) -> None:
     engine = built.engine
     x = engine.encoder.encode_texts(["a blue square"])
-    plain = engine.query_vector("text", x, "image")
-    users = [engine.query_vector("text", x, "image", user=u) for u in ("u00", "u01")]
+    plain = engine.query_vector("text", x, "image", route="dgmrec")
+    users = [engine.query_vector("text", x, "image", user=u, route="dgmrec") for u in ("u00", "u01")]
     assert plain.shape == (1, 64)
     assert not np.allclose(users[0], users[1]) and not np.allclose(users[0], plain)
 
@@ -384,3 +384,58 @@ def test_cli_build_search_recommend(built: Built, capsys: pytest.CaptureFixture,
         assert ui.cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- held-out test, auto route
+def test_build_stores_the_heldout_route_report_and_auto_follows_it(built: Built) -> None:
+    engine = built.engine
+    report = engine.bundle.meta["extra"]["heldout_eval"]
+    pairs = {(p["src"], p["dst"]): p for p in report["pairs"]}
+    assert set(pairs) == {("text", "image"), ("image", "text")}
+    for (src, dst), p in pairs.items():
+        assert p["n"] == 2 and p["n_candidates"] >= 40
+        assert set(p["generation"]) == {"dgmrec", "nn", "ridge", "mean", "direct"}  # tiny CLIP: aligned spaces
+        assert set(p["routes"]) == {"dgmrec", "direct", "fused"}
+        for scores in (*p["generation"].values(), *p["routes"].values()):
+            assert 0 <= scores["hit@10"] <= 1 and scores["median_rank"] >= 1
+        assert engine.resolve_route(src, dst, "auto") == p["auto"]
+        assert engine.resolve_route(src, dst, "direct") == "direct"
+    x = engine.encoder.encode_texts(["a red circle"])
+    taken = engine.resolve_route("text", "image", "auto")
+    np.testing.assert_array_equal(engine.query_vector("text", x, "image", route="auto"),
+                                  engine.query_vector("text", x, "image", route=taken))
+
+
+def test_auto_route_follows_a_changed_report(built: Built) -> None:
+    engine = built.engine
+    extra = engine.bundle.meta["extra"]
+    saved = json.loads(json.dumps(extra["heldout_eval"]))
+    try:
+        for pair in extra["heldout_eval"]["pairs"]:
+            pair["auto"] = "fused"
+        assert engine.resolve_route("text", "image") == "fused"
+        extra["heldout_eval"] = {"pairs": [], "warnings": []}
+        assert engine.resolve_route("text", "image") == "dgmrec"  # nothing measured: DGMRec's own route
+    finally:
+        extra["heldout_eval"] = saved
+
+
+def test_personalised_search_reorders_within_the_query_matches(built: Built) -> None:
+    engine = built.engine
+    anonymous = engine.search_text("a blue square", k=30)
+    for user in ("u00", "u01", "u02"):
+        mine = engine.search_text("a blue square", k=10, user=user)
+        assert {h.item_id for h in mine} <= {h.item_id for h in anonymous}
+        assert [h.score for h in mine] == sorted((h.score for h in mine), reverse=True)
+    ranked = [[h.item_id for h in engine.search_text("a blue square", k=10, user=u)] for u in ("u00", "u01")]
+    assert ranked[0] != ranked[1]
+
+
+def test_personalised_scores_move_items_by_a_bounded_amount() -> None:
+    from retrieval.engine import personalised_scores
+
+    query = np.array([0.9, 0.8, 0.7, 0.1])
+    combined = personalised_scores(query, np.array([0.0, 0.0, 5.0, 10.0]), weight=0.5)
+    assert np.argsort(-combined)[0] == 3 or combined[3] <= query[3] + 0.5 * 0.8 + 1e-6
+    np.testing.assert_allclose(combined - query, [0, 0, 0.2, 0.4], atol=1e-6)
+    np.testing.assert_allclose(personalised_scores(query, np.ones(4)), query, atol=1e-6)

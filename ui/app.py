@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
 from retrieval.engine import Hit, QueryError, SearchEngine
+from retrieval.pipeline import HELDOUT_EVAL
 from retrieval.showcase import (GenerationShowcase, catalog_overview, check_query_image, encoder_note,
                                 training_curves)
 from ui import plots
@@ -23,7 +24,8 @@ from ui import plots
 log = logging.getLogger("dgmrec.app")
 
 ANYONE = "(anyone)"
-ROUTES = [("DGMRec-translated", "dgmrec"), ("direct CLIP", "direct"), ("fused", "fused")]
+ROUTES = [("auto (best measured)", "auto"), ("DGMRec-translated", "dgmrec"), ("direct CLIP", "direct"),
+          ("fused", "fused")]
 ROUTE_LABEL = {value: label for label, value in ROUTES}
 GENERATED_MARK = "⚠ generated"
 DEFAULT_K = 12
@@ -144,7 +146,7 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
         hits = engine.search_text(query or "", target="image", k=int(k), user=_user(user), route=route)
         who = f" for user {_user(user)}" if _user(user) else ""
         n_gen = sum(h.generated for h in hits)
-        note = (f"{len(hits)} products for “{_cell(query.strip())}”, {ROUTE_LABEL.get(route, route)} route{who}. "
+        note = (f"{len(hits)} products for “{_cell(query.strip())}”, {_route_note(engine, 'text', 'image', route)}{who}. "
                 f"{n_gen} of them (⚠, GENERATED banner) matched on an image feature DGMRec generated: the "
                 "catalog has no photo of them.")
         return [_tile(h, _hit_caption(h), h.generated) for h in hits], note
@@ -154,7 +156,7 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
         image = check_query_image(path)
         hits = engine.search_image(image, target="text", k=int(k), user=_user(user), route=route)
         who = f" for user {_user(user)}" if _user(user) else ""
-        note = (f"{len(hits)} descriptions, {ROUTE_LABEL.get(route, route)} route{who}. {GENERATED_MARK}: matched "
+        note = (f"{len(hits)} descriptions, {_route_note(engine, 'image', 'text', route)}{who}. {GENERATED_MARK}: matched "
                 "on a text feature DGMRec generated for an item without a description.")
         return str(image), _hits_table(hits), note
 
@@ -205,10 +207,11 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
                 with gr.Row():
                     user = gr.Dropdown([ANYONE] + users, value=ANYONE, allow_custom_value=True, filterable=True,
                                        label="Personalise for user", elem_id="search-user",
-                                       info="the user's modality preference drives DGMRec's translation")
-                    route = gr.Radio(ROUTES, value="dgmrec", label="Cross-modal route", elem_id="route",
-                                     info="DGMRec: translator + preference + decoder; direct: the CLIP vector "
-                                          "as is; fused: both")
+                                       info="the user's scores reorder the items that match the query")
+                    route = gr.Radio(ROUTES, value="auto", label="Cross-modal route", elem_id="route",
+                                     info="auto: the route this index's held-out test found best; DGMRec: "
+                                          "translator + preference + decoder; direct: the CLIP vector as is; "
+                                          "fused: both")
                     k = gr.Slider(1, 50, value=DEFAULT_K, step=1, label="Results", elem_id="k")
                 with gr.Row():
                     with gr.Column():
@@ -267,6 +270,7 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
                 held.change(heldout, held, [real_image, real_text, neighbours, neighbour_table, held_summary],
                             api_name="heldout")
                 gr.Markdown(_quality_summary(showcase.quality, showcase.stored), elem_id="hit-summary")
+                gr.Markdown(_heldout_routes(engine.bundle.meta["extra"].get(HELDOUT_EVAL)), elem_id="route-summary")
                 gr.Plot(plots.hit_at_k(showcase.quality), label="Hit@K: DGMRec vs nearest-neighbour imputation",
                         show_label=False, elem_id="hit-plot")
 
@@ -279,6 +283,26 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
                     gr.Plot(plots.validation_recall(curves), label="Validation Recall@20", show_label=False,
                             elem_id="recall-plot")
     return app
+
+
+def _heldout_routes(report: dict[str, Any] | None) -> str:
+    """The build's held-out table: generation methods and query routes, Hit@10, and its warnings."""
+    if not report or not report.get("pairs"):
+        return "No held-out measurement of routes: this index predates it or has no held-out items."
+    lines = ["### Held-out test of generation and routes (Hit@10; chance in brackets)", "",
+             "| pair | items | DGMRec generation | NN | ridge | mean | direct | route dgmrec | route direct | "
+             "route fused | auto takes |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for p in report["pairs"]:
+        gen, routes = p["generation"], p["routes"]
+
+        def cell(d: dict[str, Any], key: str) -> str:
+            return f"{d[key]['hit@10']:.2f}" if key in d else "–"
+
+        lines.append(f"| {p['src']} → {p['dst']} | {p['n']} ({p['chance']:.3f}) | {cell(gen, 'dgmrec')} | "
+                     f"{cell(gen, 'nn')} | {cell(gen, 'ridge')} | {cell(gen, 'mean')} | {cell(gen, 'direct')} | "
+                     f"{cell(routes, 'dgmrec')} | {cell(routes, 'direct')} | {cell(routes, 'fused')} | {p['auto']} |")
+    lines += [""] + [f"⚠ {w}" for w in report.get("warnings", [])]
+    return "\n".join(lines)
 
 
 def _quality_summary(quality: dict[str, Any], stored: bool) -> str:
@@ -332,3 +356,11 @@ def launch(engine: SearchEngine, info: dict[str, Any] | None = None, *, host: st
     app.launch(server_name=host, server_port=port, allowed_paths=image_roots(engine), prevent_thread_lock=not block,
                css=CSS, quiet=not block, footer_links=["api"], max_file_size="64mb")
     return app
+
+
+def _route_note(engine: Any, source: str, target: str, route: str) -> str:
+    """'auto route (direct)' or 'DGMRec-translated route': which route answered."""
+    taken = engine.resolve_route(source, target, route)
+    if route == "auto":
+        return f"auto route ({ROUTE_LABEL.get(taken, taken)}, best on this index's held-out items)"
+    return f"{ROUTE_LABEL.get(route, route)} route"

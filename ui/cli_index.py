@@ -9,7 +9,8 @@ from typing import Any
 from ui.cli_train import add_config_arguments, config_from_args
 
 INDEX_ROOT = Path("indexes")
-ROUTE_HELP = ("cross-modal route: 'dgmrec' (translator + preference + decoder, DESIGN.md section 3), "
+ROUTE_HELP = ("cross-modal route: 'auto' (default: the route the build's held-out measurement found best for "
+              "this pair of modalities), 'dgmrec' (translator + preference + decoder, docs/DESIGN.md), "
               "'direct' (raw encoder vector into the other index; aligned CLIP spaces only) or 'fused' "
               "(normalised sum of both); same-modality search ignores it")
 
@@ -43,6 +44,9 @@ def _print_hits(hits: list, as_json: bool, header: dict[str, Any]) -> None:
     if as_json:
         print(json.dumps({**header, "hits": [h.to_dict() for h in hits]}, indent=2))
         return
+    if header.get("route_taken"):
+        print(f"route: {header['route']}" + (f" -> {header['route_taken']} (best on this index's held-out items)"
+                                              if header["route"] == "auto" else ""))
     if not hits:
         print("no results")
     for h in hits:
@@ -59,13 +63,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     engine = SearchEngine.load(_index_dir(args.index))
     if args.text is not None:
         target = args.target or "image"
-        hits = engine.search_text(args.text, target=target, k=args.k, user=args.user, route=args.route)
-        query = {"text": args.text}
+        hits = engine.search_text(args.text, target=target, k=args.k, user=args.user, route=args.route,
+                                  personalise=args.personalise)
+        query, source = {"text": args.text}, "text"
     else:
         target = args.target or "text"
-        hits = engine.search_image(args.image, target=target, k=args.k, user=args.user, route=args.route)
-        query = {"image": str(args.image)}
-    _print_hits(hits, args.json, {"query": query, "target": target, "route": args.route, "user": args.user})
+        hits = engine.search_image(args.image, target=target, k=args.k, user=args.user, route=args.route,
+                                   personalise=args.personalise)
+        query, source = {"image": str(args.image)}, "image"
+    _print_hits(hits, args.json, {"query": query, "target": target, "route": args.route,
+                                  "route_taken": engine.resolve_route(source, target, args.route), "user": args.user})
     return 0
 
 
@@ -132,7 +139,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="modality searched (default: the other one than the query's)")
     p.add_argument("--user", help="personalise with this user's preference (a user id of the index)")
     p.add_argument("--k", type=int, default=10, help="number of results (default 10)")
-    p.add_argument("--route", choices=("dgmrec", "direct", "fused"), default="dgmrec", help=ROUTE_HELP)
+    p.add_argument("--route", choices=("auto", "dgmrec", "direct", "fused"), default="auto", help=ROUTE_HELP)
+    p.add_argument("--personalise", choices=("rerank", "preference"), default="rerank",
+                   help="with --user: 'rerank' (default) reorders the items matching the query by the user's "
+                        "scores; 'preference' puts the user's modality preference into the translated query")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_search)
 
