@@ -1,6 +1,6 @@
 """Recommendation accuracy: DGMRec against LightGCN and no-generation DGMRec on ML-100K (2/3 missing).
 
-    python benchmarks/recommend.py --seeds 0 1 2 --epochs 300
+    python benchmarks/recommend.py --seeds 0 1 2   # the shared stopping rule: every 3 epochs, patience 26, cap 500
     python benchmarks/recommend.py --merge part1.json part2.json   # one table from runs made apart
 
 Prints a table of test Recall@20 / NDCG@20 (mean ± std over seeds, at the best validation epoch),
@@ -56,8 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=300, help="epoch cap (early stopping on valid Recall@20)")
-    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--epochs", type=int, help="epoch cap (default: the config's, the shared stopping rule)")
+    parser.add_argument("--patience", type=int, help="validations without improvement (default: the config's)")
     parser.add_argument("--models", nargs="+", default=["dgmrec", "lightgcn", "no-generation"], choices=sorted(MODELS))
     parser.add_argument("--new-items", action="store_true", help="the new-item setting (new_items.npy)")
     parser.add_argument("--missing-ratio", default="0.666",
@@ -85,7 +85,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {m: [] for m in args.models}
     for seed in args.seeds:
         for name in args.models:
-            config = replace(DGMRecConfig(), seed=seed, epochs=args.epochs, patience=args.patience, **MODELS[name])
+            rule = {k: v for k, v in (("epochs", args.epochs), ("patience", args.patience)) if v is not None}
+            config = replace(DGMRecConfig(), seed=seed, **rule, **MODELS[name])
             t0 = time.perf_counter()
             result = fit(dataset, config, progress=False)
             seconds = [h["seconds"] for h in result.history]

@@ -84,6 +84,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True) -> TrainResult:
     """Train DGMRec (or a baseline, by ``config``) on ``dataset``; early stopping on valid Recall@20.
 
+    Validation runs every ``eval_every`` epochs and at the last epoch.
     With ``checkpoint``, the state is saved atomically after every evaluation; ``resume`` continues
     from it (the checkpoint's data fingerprint must match ``dataset``).
     """
@@ -142,7 +143,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                                   "loss": {k: v / n_batches for k, v in sums.items()}}
-        if (epoch + 1) % config.eval_every == 0:
+        if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
             record["valid"] = evaluate(model, dataset, "valid")
             if record["valid"][SELECT] > best_score:
                 best_score, best_epoch, best_state, stale = record["valid"][SELECT], epoch + 1, model_state(model), 0
