@@ -78,6 +78,7 @@ def make_record(result: TrainResult, dataset: str, setting: str, model: str, see
               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
               "curve": [[h["epoch"], h["valid"]["recall@20"]] for h in result.history if "valid" in h],
               "test": result.test, "test_new_items": result.test_new_items, "valid": result.valid,
+              "validation_problem": result.validation_problem,
               "sec_per_epoch": statistics.median(seconds) if seconds else 0.0, "wall_s": wall_s}
     if setting == "new-items" and model == "lightgcn":
         record["note"] = LIGHTGCN_NEW_ITEMS
