@@ -136,7 +136,8 @@ def summary(records: list[dict]) -> str:
             lines.append(f"| {m} | {fmt([r['recall@20'] for r in rs])} | {fmt([r['ndcg@20'] for r in rs])} | "
                          f"{fmt([r['recall@50'] for r in rs])} | {', '.join(str(r['best_epoch']) for r in rs)} | "
                          f"{', '.join(str(r['epochs_run']) for r in rs)} | {len(rs)} |")
-        rows = [paired(group, m, base) for base in ("lightgcn", "no-generation") for m in models if m != base]
+        rows = [paired(group, m, base) for base in ("lightgcn", "no-generation") for m in models
+                if m not in (base, "lightgcn")]
         rows = [row for row in rows if row]
         if rows:
             lines += ["", "Paired per seed (Recall@20 difference; 'beyond noise': |mean| > std of the differences):",
