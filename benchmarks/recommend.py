@@ -1,11 +1,25 @@
 """Recommendation accuracy: DGMRec against LightGCN and no-generation DGMRec on ML-100K (2/3 missing).
 
-    python benchmarks/recommend.py --seeds 0 1 2 --epochs 300
-    python benchmarks/recommend.py --merge part1.json part2.json   # one table from runs made apart
+    python benchmarks/recommend.py --setting full --seeds 0 1 2 --threads 1
+    python benchmarks/recommend.py --setting new-item --seeds 0 1 2 --threads 1
+    python benchmarks/recommend.py --setting sparse --seeds 0 1 2 --threads 1
+    python benchmarks/recommend.py --merge part1.json part2.json   # one file from runs made apart
 
-Prints a table of test Recall@20 / NDCG@20 (mean ± std over seeds, at the best validation epoch),
-seconds per epoch, and writes the raw results as JSON. The mask is the paper's protocol, as shipped
-in the data's MMRec folder (missing_items_0.666.npy); seeds change initialisation and sampling.
+Every model trains under the one stopping rule of the config defaults (the paper's reference code:
+validate every 3 epochs, stop after 26 validations without improvement, at most 500 epochs); test
+metrics at the best validation epoch. Settings: ``full`` (the data's own split), ``new-item`` (the
+paper's protocol: the items of ``new_items.npy`` get no training or validation interactions and are
+scored on their test interactions only), ``sparse`` (a seeded 20% of each user's training
+interactions, at least one; validation and test unchanged). The mask is the paper's protocol, as
+shipped in the data's MMRec folder (missing_items_0.666.npy); seeds change initialisation and sampling.
+
+Writes ``--out`` (default benchmarks/results/recommend.json): a list of records, one per run, with keys
+``dataset``, ``setting``, ``model``, ``seed``, ``recall@20``, ``ndcg@20``, ``best_epoch``, ``epochs_run``,
+the full validation curve ``curve`` ([epoch, valid Recall@20] pairs) and more; runs of other settings
+already in the file are kept, a rerun of the same (dataset, setting, model, seed) replaces its record.
+Then prints and writes (``recommend.md`` beside it) per (dataset, setting): mean ± std over seeds and
+the paired per-seed differences against LightGCN and against no-generation; and draws
+``validation_curves.png`` (LightGCN's and DGMRec's validation curves).
 """
 from __future__ import annotations
 
@@ -20,19 +34,71 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
+from dgmrec_core.data import Dataset  # noqa: E402
+from dgmrec_core.masking import make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
-from dgmrec_core.trainer import fit  # noqa: E402
+from dgmrec_core.trainer import TrainResult, fit  # noqa: E402
+from validation_curves import plot_validation_curves  # noqa: E402  (benchmarks/, the script's folder)
 
+RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
     "dgmrec": {},
+    "dgmrec-paper": {"generation_space": "propagated"},  # the paper's generation, pinned
     "dgmrec-observed-knn": {"knn_observed_only": True},
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
 }
+SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --setting -> the record's setting
+SPARSE_SHARE = 0.2
+LIGHTGCN_NEW_ITEMS = ("LightGCN has no content features, so it cannot score unseen items: its new-item figures "
+                      "are those of the same evaluator on item ID embeddings that never had a training "
+                      "interaction (left at their random initialisation, touched only as sampled negatives)")
+KEY = ("dataset", "setting", "model", "seed")
+
+
+def load_setting(data: Path, setting: str, missing_ratio: str | None, sparse_seed: int) -> tuple[Dataset, str]:
+    """The dataset of ``setting`` and its name in the records (``<name>`` or ``<name>-sparse``)."""
+    dataset = load_mmrec(data, missing_ratio=missing_ratio, new_items=setting == "new-item")
+    if setting != "sparse":
+        return dataset, dataset.name
+    sparse = make_sparse_split(dataset.interactions, SPARSE_SHARE, seed=sparse_seed)
+    return replace(dataset, interactions=sparse), f"{dataset.name}-sparse"
+
+
+def make_record(result: TrainResult, dataset: str, setting: str, model: str, seed: int, wall_s: float) -> dict:
+    """One run as a JSON-ready record; its headline metrics are the new-item ones in that setting."""
+    headline = result.test_new_items if setting == "new-items" else result.test
+    seconds = [h["seconds"] for h in result.history]
+    record = {"dataset": dataset, "setting": setting, "model": model, "seed": seed,
+              "recall@20": headline["recall@20"], "ndcg@20": headline["ndcg@20"], "recall@50": headline["recall@50"],
+              "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+              "curve": [[h["epoch"], h["valid"]["recall@20"]] for h in result.history if "valid" in h],
+              "test": result.test, "test_new_items": result.test_new_items, "valid": result.valid,
+              "validation_problem": result.validation_problem,
+              "sec_per_epoch": statistics.median(seconds) if seconds else 0.0, "wall_s": wall_s}
+    if setting == "new-items" and model == "lightgcn":
+        record["note"] = LIGHTGCN_NEW_ITEMS
+    return record
+
+
+def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with the records of ``new`` added; a record of ``new`` replaces one with the same KEY."""
+    merged = {tuple(r[k] for k in KEY): r for r in old}
+    merged.update({tuple(r[k] for k in KEY): r for r in new})
+    return list(merged.values())
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    records = json.loads(path.read_text())
+    if not isinstance(records, list):
+        raise SystemExit(f"{path}: expected a list of run records (older result files have another layout)")
+    return records
 
 
 def fmt(values: list[float]) -> str:
@@ -40,67 +106,108 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {spread:.4f}"
 
 
-def print_table(runs: dict[str, list[dict]], key: str) -> None:
-    """Markdown table of mean ± std over each model's runs ("test" or "test_new_items" metrics)."""
-    print(f"\n| model | Recall@20 | NDCG@20 | Recall@50 | best epoch | s/epoch | seeds |  ({key})")
-    print("|---|---|---|---|---|---|---|")
-    for name, rs in runs.items():
-        if not rs:
-            continue
-        print(f"| {name} | {fmt([r[key]['recall@20'] for r in rs])} | {fmt([r[key]['ndcg@20'] for r in rs])} | "
-              f"{fmt([r[key]['recall@50'] for r in rs])} | {statistics.mean(r['best_epoch'] for r in rs):.0f} | "
-              f"{statistics.mean(r['sec_per_epoch'] for r in rs):.2f} | {len(rs)} |")
+def paired(records: list[dict], model: str, against: str) -> str | None:
+    """Per-seed Recall@20 differences ``model`` - ``against`` on their common seeds, and their mean ± std."""
+    a = {r["seed"]: r["recall@20"] for r in records if r["model"] == model}
+    b = {r["seed"]: r["recall@20"] for r in records if r["model"] == against}
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    spread = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+    mean = statistics.mean(diffs)
+    verdict = ("n/a (one seed)" if len(diffs) < 2 else
+               "yes" if abs(mean) > spread else "no")
+    per_seed = ", ".join(f"{s}: {d:+.4f}" for s, d in zip(seeds, diffs))
+    return f"| {model} - {against} | {per_seed} | {mean:+.4f} ± {spread:.4f} | {verdict} |"
+
+
+def summary(records: list[dict]) -> str:
+    """Markdown: per (dataset, setting), mean ± std per model and the paired per-seed differences."""
+    lines = []
+    for dataset, setting in sorted({(r["dataset"], r["setting"]) for r in records}):
+        group = [r for r in records if (r["dataset"], r["setting"]) == (dataset, setting)]
+        models = sorted({r["model"] for r in group}, key=lambda m: list(MODELS).index(m) if m in MODELS else 99)
+        lines += [f"### {dataset}, {setting}", "",
+                  "| model | Recall@20 | NDCG@20 | Recall@50 | best epoch (per seed) | epochs run | seeds |",
+                  "|---|---|---|---|---|---|---|"]
+        for m in models:
+            rs = sorted((r for r in group if r["model"] == m), key=lambda r: r["seed"])
+            lines.append(f"| {m} | {fmt([r['recall@20'] for r in rs])} | {fmt([r['ndcg@20'] for r in rs])} | "
+                         f"{fmt([r['recall@50'] for r in rs])} | {', '.join(str(r['best_epoch']) for r in rs)} | "
+                         f"{', '.join(str(r['epochs_run']) for r in rs)} | {len(rs)} |")
+        rows = [paired(group, m, base) for base in ("lightgcn", "no-generation") for m in models
+                if m not in (base, "lightgcn")]
+        rows = [row for row in rows if row]
+        if rows:
+            lines += ["", "Paired per seed (Recall@20 difference; 'beyond noise': |mean| > std of the differences):",
+                      "", "| pair | per seed | mean ± std | beyond noise |", "|---|---|---|---|", *rows]
+        notes = sorted({r["note"] for r in group if r.get("note")} |
+                       {f"{r['model']} seed {r['seed']}: {r['validation_problem']}" for r in group
+                        if r.get("validation_problem")})
+        lines += ["", *(f"Note: {n}." for n in notes), ""] if notes else [""]
+    return "\n".join(lines)
+
+
+def finish(records: list[dict], out: Path) -> None:
+    """Write ``out``, its markdown summary and the validation-curve plot; print the summary."""
+    atomic_write_text(out, json.dumps(records, indent=1))
+    text = summary(records)
+    atomic_write_text(out.with_suffix(".md"), text + "\n")
+    png = plot_validation_curves(records, out.parent / "validation_curves.png")
+    print("\n" + text)
+    print(f"wrote {out}, {out.with_suffix('.md')}, {png}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=300, help="epoch cap (early stopping on valid Recall@20)")
-    parser.add_argument("--patience", type=int, default=20)
-    parser.add_argument("--models", nargs="+", default=["dgmrec", "lightgcn", "no-generation"], choices=sorted(MODELS))
-    parser.add_argument("--new-items", action="store_true", help="the new-item setting (new_items.npy)")
+    parser.add_argument("--epochs", type=int, help="epoch cap (default: the config's, the shared stopping rule; "
+                                                   "smoke runs only)")
+    parser.add_argument("--models", nargs="+", default=["lightgcn", "dgmrec", "no-generation"], choices=sorted(MODELS))
     parser.add_argument("--missing-ratio", default="0.666",
                         help="mask file missing_items_<ratio>.npy; 'none': every modality observed (what the "
                              "modality branch can add at best)")
+    parser.add_argument("--sparse-seed", type=int, default=0, help="seed of the sparse setting's subsample")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "recommend_results.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "recommend.json")
     parser.add_argument("--merge", type=Path, nargs="+",
-                        help="combine the runs of these result files (e.g. from parallel processes) into --out "
-                             "and print their table; trains nothing")
+                        help="add the records of these result files (e.g. from parallel processes) to --out, "
+                             "write the summary and plot; trains nothing")
     args = parser.parse_args()
+    records = read_records(args.out)
     if args.merge:
-        merged: dict[str, list[dict]] = {}
         for path in args.merge:
-            for name, rs in json.loads(path.read_text())["runs"].items():
-                merged.setdefault(name, []).extend(rs)
-        atomic_write_text(args.out, json.dumps({"merged_from": [str(p) for p in args.merge], "runs": merged}, indent=2))
-        print_table(merged, "test_new_items" if args.new_items else "test")
+            records = merge_records(records, read_records(path))
+        finish(records, args.out)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
 
     ratio = None if args.missing_ratio.lower() == "none" else args.missing_ratio
-    dataset = load_mmrec(args.data, missing_ratio=ratio, new_items=args.new_items)
-    runs: dict[str, list[dict]] = {m: [] for m in args.models}
+    dataset, name = load_setting(args.data, args.setting, ratio, args.sparse_seed)
+    setting = SETTINGS[args.setting]
+    inter = dataset.interactions
+    print(f"{name}, {setting}: {inter.n_users} users, {inter.n_items} items, {len(inter.train)} train interactions "
+          f"(density {len(inter.train) / (inter.n_users * inter.n_items):.3%}), {len(inter.valid)} valid, "
+          f"{len(inter.test)} test", flush=True)
+    if setting == "new-items" and "lightgcn" in args.models:
+        print(f"note: {LIGHTGCN_NEW_ITEMS}.", flush=True)
+    base = DGMRecConfig() if args.epochs is None else replace(DGMRecConfig(), epochs=args.epochs)
     for seed in args.seeds:
-        for name in args.models:
-            config = replace(DGMRecConfig(), seed=seed, epochs=args.epochs, patience=args.patience, **MODELS[name])
+        for model in args.models:
             t0 = time.perf_counter()
-            result = fit(dataset, config, progress=False)
-            seconds = [h["seconds"] for h in result.history]
-            run = {"seed": seed, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "test": result.test, "valid": result.valid, "test_new_items": result.test_new_items,
-                   "sec_per_epoch": statistics.median(seconds), "wall_s": time.perf_counter() - t0}
-            runs[name].append(run)
-            print(f"{name:>20} seed {seed}: recall@20 {result.test['recall@20']:.4f} ndcg@20 "
-                  f"{result.test['ndcg@20']:.4f} best epoch {result.best_epoch}/{len(result.history)} "
-                  f"{run['sec_per_epoch']:.2f} s/epoch", flush=True)
+            result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False)
+            record = make_record(result, name, setting, model, seed, time.perf_counter() - t0)
+            records = merge_records(records, [record])
+            print(f"{model:>20} seed {seed}: recall@20 {record['recall@20']:.4f} ndcg@20 {record['ndcg@20']:.4f} "
+                  f"best epoch {result.best_epoch}/{len(result.history)} {record['sec_per_epoch']:.2f} s/epoch",
+                  flush=True)
             # after every run, so a stopped benchmark keeps what it measured
-            atomic_write_text(args.out, json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                    "runs": runs}, indent=2))
-
-    print_table(runs, "test_new_items" if args.new_items else "test")
+            atomic_write_text(args.out, json.dumps(records, indent=1))
+    finish(records, args.out)
 
 
 if __name__ == "__main__":

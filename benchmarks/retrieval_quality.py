@@ -238,7 +238,8 @@ def report(runs: list[dict], command: str, data: Path, epochs: int, overrides: d
         "strata=cold_warm_strata(train, new_items.npy))` (the paper's script; the shipped "
         "`missing_items_0.666.npy` is NOT used, also not for seed 0); the model seed is the same seed. "
         f"DGMRec default (Amazon Baby) config{' with ' + str(overrides) if overrides else ''}, at most {epochs} epochs, early stopping on valid Recall@20 "
-        "(patience 20), best-validation weights evaluated.",
+        f"(validation every {DGMRecConfig.eval_every} epochs, patience {DGMRecConfig.patience} validations, "
+        "overridable with --set), best-validation weights evaluated.",
         "- Generation test (the paper's): for every item whose modality m was masked and whose real m is "
         "known, rank all items' real m features (1,663 images / 1,682 texts) by cosine to "
         "`generated_features(noise=False)[m]`; Hit@K = share whose own real feature is in the top K. NN = "

@@ -1,4 +1,4 @@
-"""The paper's missing-modality and new-item protocols, generalised to M modalities.
+"""The paper's missing-modality and new-item protocols, generalised to M modalities, and a sparse setting.
 
 Masks are bool (n_items, M) arrays of *observed* entries. MMRec's pickled mask dicts use the keys
 ``v`` (lost image), ``t`` (lost text), ``a`` (lost audio) and ``all`` (lost every modality) over item
@@ -192,3 +192,19 @@ def make_new_item_split(interactions: Interactions, ratio: float = 0.2, seed: in
     out = replace(interactions, train=interactions.train[~moved_train],
                   valid=interactions.valid[~moved_valid], test=test)
     return out, new
+
+
+def make_sparse_split(interactions: Interactions, share: float = 0.2, seed: int = 0) -> Interactions:
+    """Sparse setting: keep a seeded ``share`` of each user's training interactions (at least one per user
+    with any), as random picks; validation and test stay as they are."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], got {share}")
+    train = interactions.train
+    users = train[:, 0]
+    order = np.lexsort((np.random.default_rng(seed).random(len(train)), users))  # by user, random within
+    counts = np.bincount(users, minlength=interactions.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(train)) - starts[users[order]]
+    keep = np.maximum(1, np.rint(share * counts).astype(np.int64))
+    kept = order[rank < keep[users[order]]]
+    return replace(interactions, train=train[np.sort(kept)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import dataset_fingerprint, model_shape, model_state, read_checkpoint, restore_state, save_checkpoint
 from .config import DGMRecConfig
-from .data import Dataset
+from .data import Dataset, Interactions
 from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
@@ -21,6 +22,11 @@ from .model import DGMRec
 
 KS = (10, 20, 50)
 SELECT = "recall@20"
+MIN_VALID_SHARE = 0.5  # below this share of training users with a validation item, no early stopping
+
+
+class SparseValidationWarning(UserWarning):
+    """The validation split cannot select an epoch: training runs a fixed number of epochs instead."""
 
 
 class NegativeSampler:
@@ -52,6 +58,7 @@ class TrainResult:
     valid: dict[str, float] = field(default_factory=dict)
     test: dict[str, float] = field(default_factory=dict)
     test_new_items: dict[str, float] | None = None
+    validation_problem: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -70,6 +77,18 @@ def evaluate(model: DGMRec, dataset: Dataset, split: str, *, new_items_only: boo
                             ks=KS, item_filter=item_filter)
 
 
+def sparse_validation_problem(inter: Interactions) -> str | None:
+    """Why the validation split is too sparse to stop on (empty, or most training users have no validation
+    item, e.g. when most users have a single interaction), or None when it can drive early stopping."""
+    if len(inter.valid) == 0:
+        return "the validation split is empty"
+    train_users = np.unique(inter.train[:, 0])
+    share = float(np.isin(train_users, inter.valid[:, 0]).mean()) if len(train_users) else 0.0
+    if share < MIN_VALID_SHARE:
+        return f"only {share:.1%} of the {len(train_users)} training users have a validation item"
+    return None
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -84,12 +103,20 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True) -> TrainResult:
     """Train DGMRec (or a baseline, by ``config``) on ``dataset``; early stopping on valid Recall@20.
 
+    Validation runs every ``eval_every`` epochs and at the last epoch. When the validation split is too
+    sparse to stop on (:func:`sparse_validation_problem`), one :class:`SparseValidationWarning` is issued
+    and training runs ``config.epochs`` epochs without early stopping, keeping the last model.
     With ``checkpoint``, the state is saved atomically after every evaluation; ``resume`` continues
     from it (the checkpoint's data fingerprint must match ``dataset``).
     """
     inter = dataset.interactions
     if len(inter.train) == 0:
         raise DataError(None, "the training split is empty")
+    problem = sparse_validation_problem(inter)
+    if problem is not None:
+        warnings.warn(f"{problem}: too sparse to stop early on validation {SELECT}; training a fixed "
+                      f"{config.epochs} epochs (set epochs / --epochs) and keeping the last model",
+                      SparseValidationWarning, stacklevel=2)
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
@@ -144,8 +171,12 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             model.update_calibration()  # so a saved state generates as its weights say
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                                   "loss": {k: v / n_batches for k, v in sums.items()}}
-        if (epoch + 1) % config.eval_every == 0:
+        validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
+        if validate and len(inter.valid):
             record["valid"] = evaluate(model, dataset, "valid")
+        if validate and problem is not None:
+            best_epoch, best_state = epoch + 1, model_state(model)
+        elif validate:
             if record["valid"][SELECT] > best_score:
                 best_score, best_epoch, best_state, stale = record["valid"][SELECT], epoch + 1, model_state(model), 0
             else:
@@ -155,7 +186,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             valid = record.get("valid", {}).get(SELECT)
             tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
                        f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
-        if checkpoint is not None and "valid" in record:
+        if checkpoint is not None and validate:
             save_checkpoint(checkpoint, {
                 "config": config.to_dict(), "shape": model_shape(model), "fingerprint": fingerprint,
                 "history": history, "best": best_state, "best_epoch": best_epoch,
@@ -166,7 +197,9 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             break
 
     restore_state(model, best_state)
-    result = TrainResult(model, history, best_epoch, evaluate(model, dataset, "valid"), evaluate(model, dataset, "test"))
+    valid = evaluate(model, dataset, "valid") if len(inter.valid) else {}
+    result = TrainResult(model, history, best_epoch, valid, evaluate(model, dataset, "test"),
+                         validation_problem=problem)
     if dataset.new_items is not None and len(dataset.new_items):
         result.test_new_items = evaluate(model, dataset, "test", new_items_only=True)
     return result

@@ -7,7 +7,7 @@ import pytest
 from dgmrec_core.data import Interactions
 from dgmrec_core.errors import DataError
 from dgmrec_core.masking import (choose_new_items, cold_warm_strata, load_mask, load_mmrec_mask,
-                                 load_new_items, make_missing_mask, make_new_item_split,
+                                 load_new_items, make_missing_mask, make_new_item_split, make_sparse_split,
                                  mask_from_mmrec_dict, mask_to_mmrec_dict, save_mask)
 
 
@@ -141,3 +141,16 @@ def test_real_ml100k_mask_and_new_items(shared_data):
     out, _ = make_new_item_split(inter, new_items=new)
     assert not np.isin(out.train[:, 1], new).any()
     assert len(out.train) + len(out.valid) + len(out.test) == 100_000
+
+
+def test_sparse_split_keeps_a_seeded_share_of_each_users_training_items():
+    rng = np.random.default_rng(0)
+    counts = np.array([1, 2, 5, 10, 23])
+    train = np.array([(u, i) for u, c in enumerate(counts) for i in rng.permutation(40)[:c]], dtype=np.int64)
+    inter = Interactions(5, 40, train, train[:3], train[3:6])
+    out = make_sparse_split(inter, 0.2, seed=1)
+    assert np.bincount(out.train[:, 0], minlength=5).tolist() == [1, 1, 1, 2, 5]  # round(0.2 n), at least 1
+    assert {tuple(p) for p in out.train.tolist()} <= {tuple(p) for p in train.tolist()}
+    assert np.array_equal(out.valid, inter.valid) and np.array_equal(out.test, inter.test)
+    assert np.array_equal(make_sparse_split(inter, 0.2, seed=1).train, out.train)
+    assert not np.array_equal(make_sparse_split(inter, 0.2, seed=2).train, out.train)

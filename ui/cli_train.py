@@ -94,7 +94,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result = fit(dataset, config, checkpoint=out / "model.pt", resume=args.resume)
     metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
-               "test_new_items": result.test_new_items, "config": config.to_dict()}
+               "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
+               "config": config.to_dict()}
     _write_json(out / "metrics.json", metrics)
     _write_json(out / "history.json", result.history)
     print(json.dumps({"best_epoch": result.best_epoch, "test": result.test}, indent=2))

@@ -1,0 +1,54 @@
+"""benchmarks/recommend.py: records, paired per-seed comparison, curves plot, settings."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import recommend  # noqa: E402
+from validation_curves import plot_validation_curves  # noqa: E402
+
+
+def record(model: str, seed: int, recall: float, setting: str = "full") -> dict:
+    return {"dataset": "ml100k", "setting": setting, "model": model, "seed": seed, "recall@20": recall,
+            "ndcg@20": recall / 2, "recall@50": recall * 2, "best_epoch": 6, "epochs_run": 9,
+            "curve": [[3, recall - 0.01], [6, recall], [9, recall - 0.005]]}
+
+
+RECORDS = [record("lightgcn", s, r) for s, r in enumerate((0.160, 0.170, 0.165))] + \
+          [record("dgmrec", s, r) for s, r in enumerate((0.170, 0.181, 0.176))]
+
+
+def test_paired_differences_per_seed() -> None:
+    row = recommend.paired(RECORDS, "dgmrec", "lightgcn")
+    assert "0: +0.0100" in row and "2: +0.0110" in row and "+0.0107 ± 0.0006" in row and row.endswith("yes |")
+    assert recommend.paired(RECORDS, "dgmrec", "no-generation") is None
+
+
+def test_merge_replaces_the_same_run_and_keeps_others() -> None:
+    merged = recommend.merge_records(RECORDS, [record("dgmrec", 0, 0.5), record("dgmrec", 0, 0.4, "new-items")])
+    assert len(merged) == len(RECORDS) + 1
+    assert [r["recall@20"] for r in merged if r["model"] == "dgmrec" and r["seed"] == 0] == [0.5, 0.4]
+
+
+def test_summary_and_plot(tmp_path) -> None:
+    text = recommend.summary(RECORDS + [record("lightgcn", 0, 0.01, "new-items")])
+    assert "### ml100k, full" in text and "### ml100k, new-items" in text and "dgmrec - lightgcn" in text
+    out = plot_validation_curves(RECORDS, tmp_path / "curves.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("setting", ["full", "new-item", "sparse"])
+def test_settings_on_the_real_data(shared_data, setting) -> None:
+    dataset, name = recommend.load_setting(shared_data / "mmrec", setting, "0.666", sparse_seed=0)
+    inter = dataset.interactions
+    assert name == ("ml100k-sparse" if setting == "sparse" else "ml100k")
+    assert (len(inter.valid) == 9_942) == (setting != "new-item")
+    if setting == "new-item":
+        assert not np.isin(inter.train[:, 1], dataset.new_items).any() and len(dataset.new_items) > 300
+    if setting == "sparse":
+        assert 0.19 < len(inter.train) / 79_619 < 0.22 and len(np.unique(inter.train[:, 0])) == 943

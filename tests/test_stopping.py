@@ -1,0 +1,138 @@
+"""The stopping rule shared by every model (synthetic validation curves) and its fallback for splits too
+sparse to validate on."""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_toy_dataset
+from dgmrec_core import trainer
+from dgmrec_core.checkpoint import load_model
+from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.trainer import SparseValidationWarning, fit
+
+LIGHTGCN = replace(DGMRecConfig(), use_modalities=False, batch_size=512, embedding_size=8, seed=3)
+
+
+def dip_curve(epoch: int) -> float:
+    """LightGCN's shape on ML-100K: an early peak (epoch 24), a dip until epoch 52, a long rise to 150."""
+    if epoch <= 24:
+        return 0.005 * epoch
+    if epoch <= 52:
+        return 0.12 - 0.001 * (epoch - 24)
+    return 0.092 + 0.002 * (min(epoch, 150) - 52) - 0.0001 * max(0, epoch - 150)
+
+
+def scripted_validation(monkeypatch: pytest.MonkeyPatch, eval_every: int) -> None:
+    """Replace the evaluator: the k-th validation during training returns dip_curve(k * eval_every)."""
+    calls = {"valid": 0}
+
+    def fake(model, dataset, split, *, new_items_only=False):
+        if split == "valid":
+            calls["valid"] += 1
+        return {"recall@20": dip_curve(calls["valid"] * eval_every), "ndcg@20": 0.0}
+
+    monkeypatch.setattr(trainer, "evaluate", fake)
+
+
+def test_defaults_are_the_reference_rule() -> None:
+    config = DGMRecConfig()
+    assert (config.eval_every, config.patience, config.epochs) == (3, 26, 500)
+
+
+def test_default_rule_goes_on_through_a_dip(monkeypatch) -> None:
+    scripted_validation(monkeypatch, LIGHTGCN.eval_every)
+    result = fit(make_toy_dataset(), LIGHTGCN, progress=False)
+    assert result.best_epoch == 150
+    assert len(result.history) == 150 + 26 * 3  # stops after 26 validations without improvement
+    curve = [(h["epoch"], h["valid"]["recall@20"]) for h in result.history if "valid" in h]
+    assert curve[0] == (3, pytest.approx(0.015)) and len(curve) == len(result.history) // 3
+
+
+def test_old_rule_stopped_inside_the_dip(monkeypatch) -> None:
+    old = replace(LIGHTGCN, eval_every=1, patience=20, epochs=300)
+    scripted_validation(monkeypatch, 1)
+    result = fit(make_toy_dataset(), old, progress=False)
+    assert result.best_epoch == 24 and len(result.history) == 44
+
+
+def test_last_epoch_is_validated() -> None:
+    result = fit(make_toy_dataset(), replace(LIGHTGCN, epochs=4), progress=False)
+    assert [h["epoch"] for h in result.history if "valid" in h] == [3, 4]
+
+
+def single_interaction_dataset(n_users: int = 60, n_items: int = 30, n_regular: int = 0):
+    """Every user has one interaction (so validation is empty), except ``n_regular`` users with ten."""
+    from dgmrec_core.data import Dataset, Modality
+    from dgmrec_core.interactions import build_interactions
+
+    rng = np.random.default_rng(0)
+    users = [str(u) for u in range(n_users)] + [f"r{u}" for u in range(n_regular) for _ in range(10)]
+    items = [str(i) for i in rng.integers(0, n_items, n_users)] + \
+            [str(i) for _ in range(n_regular) for i in rng.permutation(n_items)[:10]]
+    inter = build_interactions(np.array(users), np.array(items), item_ids=[str(i) for i in range(n_items)])
+    observed = rng.random((n_items, 2)) > 0.3
+    modalities = [Modality(name, rng.normal(size=(n_items, d)).astype(np.float32), observed[:, m].copy())
+                  for m, (name, d) in enumerate((("image", 8), ("text", 4)))]
+    return Dataset(inter, modalities, name="single")
+
+
+def test_empty_validation_warns_once_and_trains_a_fixed_number_of_epochs(tmp_path) -> None:
+    dataset = single_interaction_dataset()
+    assert len(dataset.interactions.valid) == 0
+    config = replace(DGMRecConfig(), epochs=5, batch_size=64, knn_k=3, seed=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fit(dataset, config, checkpoint=tmp_path / "model.pt", progress=True)
+    sparse = [w for w in caught if issubclass(w.category, SparseValidationWarning)]
+    assert len(sparse) == 1 and "validation split is empty" in str(sparse[0].message)
+    assert "5 epochs" in str(sparse[0].message)
+    assert result.best_epoch == len(result.history) == 5
+    assert result.valid == {} and not any("valid" in h for h in result.history)
+    assert result.validation_problem == "the validation split is empty"
+    loaded, payload = load_model(tmp_path / "model.pt")
+    assert payload["best_epoch"] == 5
+    for a, b in zip(result.model.final_embeddings(), loaded.final_embeddings()):
+        assert torch.allclose(a, b)  # the saved model is the last one
+
+
+def test_most_users_without_validation_fall_back_but_keep_the_curve() -> None:
+    dataset = single_interaction_dataset(n_regular=5)
+    assert len(dataset.interactions.valid) > 0
+    with pytest.warns(SparseValidationWarning, match="only 7.7% of the 65 training users"):
+        result = fit(dataset, replace(LIGHTGCN, epochs=7), progress=False)
+    assert result.best_epoch == len(result.history) == 7
+    assert [h["epoch"] for h in result.history if "valid" in h] == [3, 6, 7]
+    assert all(np.isfinite(h["valid"]["recall@20"]) for h in result.history if "valid" in h)
+
+
+def test_enough_validation_gives_no_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SparseValidationWarning)
+        fit(make_toy_dataset(), replace(LIGHTGCN, epochs=1), progress=False)
+
+
+def test_cli_train_on_single_interactions_saves_a_model(tmp_path, capsys) -> None:
+    from ui.cli import main
+
+    dataset = single_interaction_dataset()
+    pairs = dataset.interactions.train
+    lines = ["user_id,item_id"] + [f"u{u},{i}" for u, i in pairs]
+    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
+    seen = np.unique(pairs[:, 1])  # the CLI's items: those of the file, in sorted id order
+    for m in dataset.modalities:
+        np.save(tmp_path / f"{m.name}.npy", m.values[seen])
+    with pytest.warns(SparseValidationWarning):
+        assert main(["train", "--interactions", str(tmp_path / "inter.csv"),
+                     "--feature", f"image={tmp_path / 'image.npy'}", "--feature", f"text={tmp_path / 'text.npy'}",
+                     "--epochs", "4", "--batch-size", "64", "--knn-k", "3", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 4 and metrics["validation_problem"] == "the validation split is empty"
+    assert (tmp_path / "run" / "model.pt").exists()
+    printed = capsys.readouterr()
+    assert "epoch 4: loss" in printed.out + printed.err and "valid recall@20" not in printed.out + printed.err
