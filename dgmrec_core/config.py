@@ -43,6 +43,7 @@ class DGMRecConfig:
     generation_space: str = "propagated"
     generator: str = "contrastive"
     gen_temp: float = 0.1
+    gen_weight: float = 1.0
     gen_calibration: bool = True
     generation: bool = True
     use_modalities: bool = True
@@ -120,6 +121,7 @@ HELP: dict[str, str] = {
                  "item's real feature with InfoNCE + MSE, then calibrated to the real features' distribution; "
                  "'paper': exactly the published method (MSE losses only; space set by generation_space)",
     "gen_temp": "temperature of the contrastive generator's InfoNCE (generated feature vs the batch's real features)",
+    "gen_weight": "contrastive generator: weight of the end-to-end generation loss (InfoNCE + MSE of the whole chain)",
     "gen_calibration": "contrastive generator: match each generated dimension's mean and spread to the real "
                        "features' (off = raw decoder output)",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",

@@ -252,17 +252,16 @@ class DGMRec(nn.Module):
         g, s, f, gf, sf, gu, su = (p[k] for k in ("g", "s", "f", "gf", "sf", "gu", "su"))
         raw = self.raw_generation
         tg, ds = (g, s) if raw else (gf, sf)  # translator targets; decoder's specific input
-        inter = gen = 0.0
+        inter = gen = chain = self.user_emb.weight.new_zeros(())
         for a in range(M):
             for b in range(M):
                 if a == b:
                     continue
                 both = batch_items[obs[:, a] & obs[:, b]]
-                if not len(both):
-                    continue
-                gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
-                if self.contrastive:
-                    gen = gen + self._chain_loss(a, b, g[a][both], f[b][both], self.features(b)[both])
+                if len(both):
+                    gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
+                    if self.contrastive:
+                        chain = chain + self._chain_loss(a, b, g[a][both], f[b][both], self.features(b)[both])
                 if a < b:
                     inter = inter + nce(g[a][both], g[b][both], c.inter_modal_temp)
                     inter = inter + nce(gu[a], gu[b], c.inter_modal_temp, U, U)
@@ -278,8 +277,11 @@ class DGMRec(nn.Module):
             intra = intra + nce(su[m], sf[m], c.intra_modal_temp, U, P)
         bm = nce(p["e_i"], g_i, c.align_bm_temp, P, P) + nce(p["e_u"], g_u, c.align_bm_temp, U, U)
         recon = sum(self._recon(m, tg[m], ds[m], raw) for m in range(M))
-        return {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
+        terms = {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                 "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
+        if self.contrastive:
+            terms["chain"] = c.gen_weight * chain
+        return terms
 
     def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, f_b: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
         """The whole generation chain a -> b against the real features of the same items: InfoNCE (each
@@ -330,10 +332,13 @@ class DGMRec(nn.Module):
         out = []
         for m in range(M):
             srcs = [a for a in range(M) if a != m]
-            weights = torch.stack([obs[:, a] for a in srcs], 1)
-            weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
-            trans = torch.stack([self.translate(a, m, g[a]) for a in srcs], 1)
-            g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+            if srcs:
+                weights = torch.stack([obs[:, a] for a in srcs], 1)
+                weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
+                trans = torch.stack([self.translate(a, m, g[a]) for a in srcs], 1)
+                g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
+            else:  # a single modality: no other to translate from, the (imputed) row's own general part
+                g_hat = g[m]
             s_hat = self.gen_specific[m](f[m])
             if not self.raw_generation:
                 g_hat, s_hat = self.propagate(m, g_hat), self.propagate(m, s_hat)

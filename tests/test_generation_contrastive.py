@@ -128,3 +128,12 @@ def test_simple_references() -> None:
     assert np.allclose(pred, b[:5], atol=0.05)
     assert direct_imputation(a, 5) is None and direct_imputation(a, 6).shape == (200, 6)
     assert np.allclose(mean_imputation(3, b), b.mean(0))
+
+
+@pytest.mark.parametrize("generator", ["contrastive", "paper"])
+def test_a_single_modality_trains_and_generates(generator: str) -> None:
+    dataset, _ = linear_dataset(seed=2)
+    single = replace(dataset, modalities=dataset.modalities[:1])
+    model = fit(single, replace(CONFIG, generator=generator, epochs=2), progress=False).model
+    (generated,) = model.generated_features(noise=False)
+    assert generated.shape == (N_ITEMS, D_IMAGE) and torch.isfinite(generated).all()
