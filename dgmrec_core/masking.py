@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
+from typing import Any, BinaryIO
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,16 +138,55 @@ def mask_from_mmrec_dict(d: dict, n_items: int, names: Sequence[str] = ("image",
     return observed
 
 
+# The only globals a pickled MMRec mask needs: numpy arrays, their dtypes and scalars.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _MaskUnpickler(pickle.Unpickler):
+    """Admits numpy arrays, dtypes and scalars, lists, dicts and plain values; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a mask may hold only numpy arrays, "
+                                         "lists and dicts")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused a persistent id: a mask may hold only numpy arrays, lists and dicts")
+
+
+def _restricted_npy(f: BinaryIO) -> Any:
+    """The object of a pickled ``.npy`` (an object array), read with :class:`_MaskUnpickler`."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        return _MaskUnpickler(f).load()
+    return np.fromfile(f, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def load_mmrec_mask(path: str | Path, n_items: int, names: Sequence[str] = ("image", "text")) -> np.ndarray:
-    """Read MMRec's pickled ``missing_items_<ratio>.npy`` dict as an observed mask (trusted files only)."""
+    """Read MMRec's pickled ``missing_items_<ratio>.npy`` dict as an observed mask.
+
+    The pickle goes through a restricted unpickler (numpy arrays, lists and dicts only), so a hostile
+    file cannot run code: anything else is refused with a ``DataError``.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "mask file not found")
     try:
-        stored = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        with open(path, "rb") as f:
+            stored = _restricted_npy(f)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, IndexError) as exc:
         raise DataError(path, f"cannot read MMRec mask (a pickled dict in .npy): {exc}") from exc
-    d = stored.item() if isinstance(stored, np.ndarray) and stored.shape == () else None
+    d = stored.item() if isinstance(stored, np.ndarray) and stored.shape == () else stored
     if not isinstance(d, dict):
         raise DataError(path, "MMRec mask must hold a dict of item indices (keys t, v, all)")
     return mask_from_mmrec_dict(d, n_items, names, source=path)

@@ -98,15 +98,12 @@ class SearchEngine:
         folder = Path(index_dir)
         bundle = IndexBundle.load(folder)
         extra = bundle.meta["extra"]
-        path = Path(model_path) if model_path is not None else folder / extra["model_file"]
+        path = Path(model_path) if model_path is not None else bundle.path / extra["model_file"]
         if not path.is_file():
             raise IndexMismatch(folder, f"model checkpoint {path} does not exist")
-        if sha256_file(path) != bundle.model_fingerprint:
-            model, payload = load_model(path)
-            why = ("was trained on different data" if payload.get("fingerprint") != extra["data_fingerprint"]
-                   else "has other weights or settings")
-            raise IndexMismatch(folder, f"model {path} {why} than the one this index was built with; "
-                                        "use the bundle's own model.pt or rebuild the index")
+        if sha256_file(path) != bundle.model_fingerprint:  # refused before anything of the file is read
+            raise IndexMismatch(folder, f"model {path} is not the one this index was built with (its sha256 "
+                                        "differs); use the bundle's own model.pt or rebuild the index")
         model, _ = load_model(path)
         if list(model.names) != bundle.modalities or model.n_modalities == 0:
             raise IndexMismatch(folder, f"model modalities {model.names} do not match the index's {bundle.modalities}")

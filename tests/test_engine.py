@@ -18,7 +18,7 @@ from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from dgmrec_core.trainer import fit
 from retrieval.completion import complete_features, complete_new_items
-from retrieval.encoders import ClipEncoder
+from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.engine import Hit, QueryError, SearchEngine
 from retrieval.indexes import IndexMismatch
 from retrieval.pipeline import build_index, choose_holdout
@@ -299,12 +299,32 @@ def test_bad_queries_raise_query_error(built: Built, tmp_path: Path) -> None:
 def test_model_from_other_data_is_refused(built: Built, tmp_path: Path) -> None:
     other = make_toy_dataset(n_users=10, n_items=30, dims=(64, 64))
     fit(other, DGMRecConfig(embedding_size=16, epochs=1, knn_k=3), checkpoint=tmp_path / "other.pt", progress=False)
-    with pytest.raises(IndexMismatch, match="trained on different data"):
+    with pytest.raises(IndexMismatch, match="not the one this index was built with"):
         SearchEngine.load(built.index, encoder=built.encoder, model_path=tmp_path / "other.pt")
     folder = _copy_bundle(built, "swapped-model")
     shutil.copy(tmp_path / "other.pt", folder / "model.pt")
     with pytest.raises(IndexMismatch):
         SearchEngine.load(folder, encoder=built.encoder)
+
+
+def test_hostile_model_in_an_index_runs_nothing(built: Built, tmp_path: Path) -> None:
+    from test_safety import hostile_checkpoint
+
+    marker = tmp_path / "ran"
+    folder = _copy_bundle(built, "hostile-model")
+    hostile_checkpoint(folder / "model.pt", marker)
+    with pytest.raises(IndexMismatch, match="model.pt has .* bytes but meta.json records"):
+        SearchEngine.load(folder, encoder=built.encoder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["checksums"]["model.pt"]["size"] = (folder / "model.pt").stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatch, match="sha256 differs"):  # refused before the file is read
+        SearchEngine.load(folder, encoder=built.encoder)
+    meta["model_fingerprint"] = sha256_file(folder / "model.pt")  # the hash matches too: weights_only refuses it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        SearchEngine.load(folder, encoder=built.encoder)
+    assert not marker.exists()
 
 
 def test_other_encoder_is_refused(built: Built) -> None:
