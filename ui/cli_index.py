@@ -88,6 +88,24 @@ def cmd_add_items(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import json as _json
+
+    from retrieval.indexes import IndexBundle, verify_bundle
+
+    folder = _index_dir(args.index)
+    problems = verify_bundle(folder)
+    if problems:
+        for problem in problems:
+            print(f"BAD {folder}: {problem}")
+        print(f"{folder}: {len(problems)} problem(s); rebuild the index or restore its files")
+        return 1
+    IndexBundle.load(folder)  # the structural checks too (rows, dimensions, metadata)
+    n = len(_json.loads((folder / "meta.json").read_text())["checksums"])
+    print(f"ok: {folder}: meta.json and {n} file(s) match their recorded sizes and sha256")
+    return 0
+
+
 def _add_index_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index folder, or the name of one under ./indexes/")
 
@@ -151,3 +169,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", type=Path, required=True, help="catalog file of the new items")
     p.add_argument("--skip-bad", action="store_true", help="drop bad rows instead of stopping")
     p.set_defaults(func=cmd_add_items)
+
+    p = sub.add_parser("verify", help="check every file of an index against its recorded size and sha256",
+                       description="Reads every file of the index in full and compares it with the size and "
+                                   "sha256 recorded when it was written; names each bad file (exit code 1).")
+    _add_index_argument(p)
+    p.set_defaults(func=cmd_verify)
