@@ -282,7 +282,9 @@ class SearchEngine:
                    "image": items["image"] + image_refs(catalog.image_paths, self.bundle.folder),
                    "attributes": items["attributes"] + catalog.extra}
         self.bundle.add_items(catalog.item_ids, done.features, done.generated,
-                              augment_items(fused.numpy(), self._radius), extra={"items": updated})
+                              augment_items(fused.numpy(), self._radius),
+                              extra={"items": updated, "catalogs": [*self.bundle.meta["extra"].get("catalogs", []),
+                                                                    str(catalog.source)]})
         return list(catalog.item_ids)
 
 
