@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from typing import Any, BinaryIO
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -38,9 +38,11 @@ def make_missing_mask(n_items: int, n_modalities: int = 2, ratio: float = 2 / 3,
     (on ML-100K: 559 both, 280 image, 281 text, as the shipped ``missing_items_0.666.npy``).
     """
     if not 0 <= ratio <= 1:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        raise DataError(None, f"the share of items masked (--ratio) must be in [0, 1], got {ratio}", field="ratio")
     if n_modalities < 1:
-        raise ValueError("n_modalities must be >= 1")
+        raise DataError(None, "a mask needs at least one modality", field="modalities")
+    if n_items < 1:
+        raise DataError(None, f"the number of items (--items) must be >= 1, got {n_items}", field="items")
     rng = np.random.default_rng(seed)
     observed = np.ones((n_items, n_modalities), dtype=bool)
     groups = [np.arange(n_items)] if strata is None else [
@@ -77,6 +79,8 @@ def save_mask(path: str | Path, observed: np.ndarray, names: Sequence[str]) -> N
     observed = np.asarray(observed, dtype=bool)
     if observed.ndim != 2 or observed.shape[1] != len(names):
         raise ValueError(f"mask shape {observed.shape} does not match {len(names)} modality names")
+    if Path(path).is_dir() or not Path(path).name or Path(path).name in (".", ".."):
+        raise DataError(path, "is a folder: give the mask file to write (e.g. mask.npz)", field="--out")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, observed=observed, names=np.asarray(list(names), dtype=str))
 

@@ -45,7 +45,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from dgmrec_core.atomic import atomic_path, atomic_write_text
+from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem
 from dgmrec_core.errors import DataError
 
 AUTO_EXACT_MAX = 50_000  # "auto": exact search below this many rows, IVF at or above
@@ -593,6 +593,31 @@ def _sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def check_bundle_target(folder: str | Path, *, force: bool = False) -> None:
+    """Refuse (``DataError``) to write a bundle over something that is not one, unless ``force``.
+
+    An absent folder, an empty one, a bundle (``meta.json``) or a link of this layout may be written;
+    any other folder only with ``force`` (its files are then replaced). A file is always refused.
+    """
+    folder = Path(folder)
+    problem = own_folder_problem(folder)
+    if problem:
+        raise DataError(folder, problem, field="--out")
+    if folder.is_symlink():
+        if os.readlink(folder).startswith(f".{folder.name}.v") or force:
+            return
+        raise DataError(folder, "is a link that is not an index of this tool; choose another --out or add --force "
+                                "to replace it", field="--out")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise DataError(folder, "exists and is a file, not an index folder: choose another --out", field="--out")
+    if (folder / META).is_file() or not any(folder.iterdir()) or force:
+        return
+    raise DataError(folder, f"exists and is not an index (no {META}); choose another --out, or add --force to "
+                            "replace everything in it", field="--out")
 
 
 def _lock_path(folder: Path) -> Path:

@@ -34,7 +34,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = args.out or INDEX_ROOT / args.name
     build_index(args.catalog, args.interactions, out, model_name=args.model_name, pretrained=args.pretrained,
                 encoder_seed=args.encoder_seed, config=config_from_args(args), work_dir=args.work_dir,
-                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind)
+                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind, force=args.force)
     print(f"built {out}; try: dgmrec search --index {out} --text \"...\"")
     return 0
 
@@ -136,6 +136,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                    help="FAISS index kind (auto: exact below 50,000 items, IVF above)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--force", action="store_true",
+                   help="write the index even over an existing folder that is not an index (its files are replaced)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_build)
 
