@@ -204,7 +204,7 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
     catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
     _say(f"catalog: {catalog.n_items} items from {catalog.source} "
          f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
-    _report_skips(problems)
+    report_skips(problems)
 
     if encoder is None:
         _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
@@ -285,7 +285,8 @@ def _with_real(completed: np.ndarray, real: np.ndarray, held: Holdout, m: str) -
     return out
 
 
-def _report_skips(problems: list[Problem]) -> None:
+def report_skips(problems: list[Problem]) -> None:
+    """Print what ``skip_bad`` dropped (the first ``MAX_LISTED_SKIPS``, then a count)."""
     if not problems:
         return
     _say(f"skipped: {len(problems)} problem(s) in the catalog")

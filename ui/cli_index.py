@@ -81,8 +81,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_add_items(args: argparse.Namespace) -> int:
     from retrieval.engine import SearchEngine
 
+    from retrieval.pipeline import report_skips
+
     engine = SearchEngine.load(_index_dir(args.index))
-    added = engine.add_items(args.catalog, skip_bad=args.skip_bad)
+    added = engine.add_items(args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
     print(f"added {len(added)} item(s) to {engine.bundle.folder}: {', '.join(added[:10])}"
           + (" ..." if len(added) > 10 else ""))
     return 0
@@ -169,7 +171,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "model and append them to every index.")
     _add_index_argument(p)
     p.add_argument("--catalog", type=Path, required=True, help="catalog file of the new items")
-    p.add_argument("--skip-bad", action="store_true", help="drop bad rows instead of stopping")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop bad rows (and undecodable images) instead of stopping; lists them and records "
+                        "them in the index")
     p.set_defaults(func=cmd_add_items)
 
     p = sub.add_parser("verify", help="check every file of an index against its recorded size and sha256",
