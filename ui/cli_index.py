@@ -91,8 +91,6 @@ def cmd_add_items(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    import json as _json
-
     from retrieval.indexes import IndexBundle, verify_bundle
 
     folder = _index_dir(args.index)
@@ -102,8 +100,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(f"BAD {folder}: {problem}")
         print(f"{folder}: {len(problems)} problem(s); rebuild the index or restore its files")
         return 1
-    IndexBundle.load(folder)  # the structural checks too (rows, dimensions, metadata)
-    n = len(_json.loads((folder / "meta.json").read_text())["checksums"])
+    n = len(IndexBundle.load(folder).meta["checksums"])  # the structural checks too (rows, dimensions)
     print(f"ok: {folder}: meta.json and {n} file(s) match their recorded sizes and sha256")
     return 0
 
