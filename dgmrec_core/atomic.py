@@ -27,6 +27,14 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def own_folder_problem(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot be an output folder of its own (the current folder or one above it), else None."""
+    folder, cwd = Path(folder), Path.cwd().resolve()
+    if folder.name in ("", ".", "..") or folder.resolve() == cwd or folder.resolve() in cwd.parents:
+        return "is the current folder or one above it: give --out a folder of its own"
+    return None
+
+
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:

@@ -61,7 +61,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(path, "checkpoint file does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise DataError(path, f"not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

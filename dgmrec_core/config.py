@@ -3,6 +3,7 @@ reference code's stopping rule (validate every 3 epochs, stop after 26 validatio
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,22 @@ class DGMRecConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for f in fields(self):
+            value, kind = getattr(self, f.name), type(f.default)
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, int) and not isinstance(value, bool) if kind is int else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else True)
+            if not ok:
+                raise DataError(None, f"config option {f.name} (--{f.name.replace('_', '-')}) must be "
+                                      f"{kind.__name__}, got {value!r}")
+        for name, (low, strict) in _BOUNDS.items():
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < low or (strict and value == low):
+                bound = f"> {low}" if strict else f">= {low}"
+                raise DataError(None, f"config option {name} (--{name.replace('_', '-')}) must be {bound}, "
+                                      f"got {value!r}")
+        if self.avg_lambda > 1:
+            raise DataError(None, f"config option avg_lambda (--avg-lambda) must be in [0, 1], got {self.avg_lambda!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +96,16 @@ class DGMRecConfig:
             raise DataError(path, "config must be a JSON object")
         return cls.from_dict(data, source=str(path))
 
+
+# Lower bounds of the numeric options: (bound, strict); strict means the bound itself is refused.
+_BOUNDS: dict[str, tuple[float, bool]] = {
+    "embedding_size": (0, True), "n_ui_layers": (0, False), "n_mm_layers": (0, False), "knn_k": (0, True),
+    "additive": (0, False), "avg_lambda": (0, False), "refresh_every": (0, True), "inter_modal": (0, False),
+    "inter_modal_temp": (0, True), "intra_modal": (0, False), "intra_modal_temp": (0, True), "align_bm": (0, False),
+    "align_bm_temp": (0, True), "recon": (0, False), "reg": (0, False), "reg_id": (0, False), "sampler": (0, False),
+    "club_steps": (0, False), "club_lr": (0, True), "lr": (0, True), "batch_size": (0, True), "epochs": (0, True),
+    "patience": (0, True), "eval_every": (0, True), "gen_temp": (0, True), "gen_weight": (0, False),
+}
 
 HELP: dict[str, str] = {
     "embedding_size": "embedding size d of every representation",

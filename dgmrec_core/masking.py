@@ -10,6 +10,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -37,9 +38,11 @@ def make_missing_mask(n_items: int, n_modalities: int = 2, ratio: float = 2 / 3,
     (on ML-100K: 559 both, 280 image, 281 text, as the shipped ``missing_items_0.666.npy``).
     """
     if not 0 <= ratio <= 1:
-        raise ValueError(f"ratio must be in [0, 1], got {ratio}")
+        raise DataError(None, f"the share of items masked (--ratio) must be in [0, 1], got {ratio}", field="ratio")
     if n_modalities < 1:
-        raise ValueError("n_modalities must be >= 1")
+        raise DataError(None, "a mask needs at least one modality", field="modalities")
+    if n_items < 1:
+        raise DataError(None, f"the number of items (--items) must be >= 1, got {n_items}", field="items")
     rng = np.random.default_rng(seed)
     observed = np.ones((n_items, n_modalities), dtype=bool)
     groups = [np.arange(n_items)] if strata is None else [
@@ -76,6 +79,8 @@ def save_mask(path: str | Path, observed: np.ndarray, names: Sequence[str]) -> N
     observed = np.asarray(observed, dtype=bool)
     if observed.ndim != 2 or observed.shape[1] != len(names):
         raise ValueError(f"mask shape {observed.shape} does not match {len(names)} modality names")
+    if Path(path).is_dir() or not Path(path).name or Path(path).name in (".", ".."):
+        raise DataError(path, "is a folder: give the mask file to write (e.g. mask.npz)", field="--out")
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, observed=observed, names=np.asarray(list(names), dtype=str))
 
@@ -137,16 +142,55 @@ def mask_from_mmrec_dict(d: dict, n_items: int, names: Sequence[str] = ("image",
     return observed
 
 
+# The only globals a pickled MMRec mask needs: numpy arrays, their dtypes and scalars.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+}
+
+
+class _MaskUnpickler(pickle.Unpickler):
+    """Admits numpy arrays, dtypes and scalars, lists, dicts and plain values; refuses every other global."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a mask may hold only numpy arrays, "
+                                         "lists and dicts")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("refused a persistent id: a mask may hold only numpy arrays, lists and dicts")
+
+
+def _restricted_npy(f: BinaryIO) -> Any:
+    """The object of a pickled ``.npy`` (an object array), read with :class:`_MaskUnpickler`."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        return _MaskUnpickler(f).load()
+    return np.fromfile(f, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+
+
 def load_mmrec_mask(path: str | Path, n_items: int, names: Sequence[str] = ("image", "text")) -> np.ndarray:
-    """Read MMRec's pickled ``missing_items_<ratio>.npy`` dict as an observed mask (trusted files only)."""
+    """Read MMRec's pickled ``missing_items_<ratio>.npy`` dict as an observed mask.
+
+    The pickle goes through a restricted unpickler (numpy arrays, lists and dicts only), so a hostile
+    file cannot run code: anything else is refused with a ``DataError``.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "mask file not found")
     try:
-        stored = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        with open(path, "rb") as f:
+            stored = _restricted_npy(f)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, IndexError) as exc:
         raise DataError(path, f"cannot read MMRec mask (a pickled dict in .npy): {exc}") from exc
-    d = stored.item() if isinstance(stored, np.ndarray) and stored.shape == () else None
+    d = stored.item() if isinstance(stored, np.ndarray) and stored.shape == () else stored
     if not isinstance(d, dict):
         raise DataError(path, "MMRec mask must hold a dict of item indices (keys t, v, all)")
     return mask_from_mmrec_dict(d, n_items, names, source=path)

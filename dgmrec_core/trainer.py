@@ -89,6 +89,16 @@ def sparse_validation_problem(inter: Interactions) -> str | None:
     return None
 
 
+RESUMABLE = ("epochs",)  # options a resumed run may change (e.g. to train longer)
+
+
+def config_changes(saved: dict[str, Any], config: DGMRecConfig) -> str:
+    """'' when ``config`` matches the ``saved`` config dict, else the differing keys as 'key: old -> new'."""
+    wanted = config.to_dict()
+    keys = sorted(k for k in set(saved) | set(wanted) if k not in RESUMABLE and saved.get(k) != wanted.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys)
+
+
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -132,6 +142,10 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         payload = read_checkpoint(checkpoint)
         if payload["fingerprint"] != fingerprint:
             raise DataError(checkpoint, "checkpoint was trained on different data (fingerprint mismatch)")
+        changed = config_changes(payload.get("config", {}), config)
+        if changed:
+            raise DataError(checkpoint, f"cannot resume with other settings than the checkpoint's: {changed}; "
+                                        "give the same options, or train into a new --out")
         cur = payload["current"]
         restore_state(model, cur["state"])
         opt.load_state_dict(cur["opt"])

@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +31,7 @@ from dgmrec_core.errors import DataError
 REQUIRED_COLUMNS = ("item_id", "text", "image")
 MAX_LISTED_PROBLEMS = 10
 _PROGRESS_MIN_IMAGES = 200
+_DECODE_THREADS = 4  # images decoded in parallel while a catalog is checked
 
 
 @dataclass(frozen=True)
@@ -197,17 +200,22 @@ def _parse_jsonl(path: Path) -> tuple[list[_Record], list[Problem]]:
 
 
 def _check_image(path: Path) -> str | None:
-    """Return why the image at ``path`` is unusable, or None when it opens and verifies."""
+    """Return why the image at ``path`` is unusable, or None when it decodes in full.
+
+    ``load()``, not ``verify()``: verify passes a truncated JPEG that the encoder then fails on.
+    """
     if not path.exists():
         return f"image file not found: {path}"
     if not path.is_file():
         return f"image path is not a file: {path}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        with Image.open(path) as img:
+            pixels = img.width * img.height
+            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+                return (f"image too large (possible decompression bomb): {path}: {pixels} pixels, "
+                        f"the limit is {Image.MAX_IMAGE_PIXELS}")
+            img.load()
+    except Image.DecompressionBombError as e:
         return f"image too large (possible decompression bomb): {path}: {e}"
     except Exception as e:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
         return f"image unreadable or corrupt: {path}: {e}"
@@ -216,23 +224,20 @@ def _check_image(path: Path) -> str | None:
 
 def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | None], list[Problem]]:
     """Resolve image paths relative to ``base``; return them (None when bad or empty) and the problems."""
+    wanted = [(base / rec.image.strip()).resolve() if rec.image and rec.image.strip() else None for rec in records]
+    todo = [p for p in wanted if p is not None]
+    workers = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
+    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_image reports those images
+        reasons = iter(list(tqdm(pool.map(_check_image, todo), total=len(todo), desc="decoding images", unit="img",
+                                 leave=False, disable=len(todo) < _PROGRESS_MIN_IMAGES)))
     paths: list[Path | None] = []
     problems: list[Problem] = []
-    n_images = sum(1 for r in records if r.image and r.image.strip())
-    bar = tqdm(total=n_images, desc="checking images", unit="img", leave=False,
-               disable=n_images < _PROGRESS_MIN_IMAGES)
-    for rec in records:
-        rel = (rec.image or "").strip()
-        if not rel:
-            paths.append(None)
-            continue
-        path = (base / rel).resolve()
-        reason = _check_image(path)
-        bar.update()
+    for rec, path in zip(records, wanted):
+        reason = None if path is None else next(reasons)
         if reason:
             problems.append(Problem(rec.row, rec.item_id, reason, skipped="image"))
         paths.append(None if reason else path)
-    bar.close()
     return paths, problems
 
 

@@ -208,7 +208,7 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     t2 = time.perf_counter()
     config = demo_config(epochs)
     stamp_path = work / "index.stamp.json"
-    stamp = {"index": str(index_dir.resolve()), "format": FORMAT_VERSION,
+    stamp = {"index": str(index_dir.absolute()), "format": FORMAT_VERSION,  # not resolve(): a link to versions
              "key": _digest(content_key, sha256_file(interactions), encoder.fingerprint(), config.to_dict())}
     if _read_json(stamp_path) == stamp and (index_dir / META).is_file():
         say(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")

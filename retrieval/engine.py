@@ -15,7 +15,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from dgmrec_core.checkpoint import load_model
 from dgmrec_core.errors import DataError
 from dgmrec_core.model import DGMRec
-from retrieval.catalog import load_catalog
+from retrieval.catalog import Problem, load_catalog
 from retrieval.completion import complete_new_items
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.fused import augment_items, augment_queries, dot_scores
@@ -106,15 +106,12 @@ class SearchEngine:
         folder = Path(index_dir)
         bundle = IndexBundle.load(folder)
         extra = bundle.meta["extra"]
-        path = Path(model_path) if model_path is not None else folder / extra["model_file"]
+        path = Path(model_path) if model_path is not None else bundle.path / extra["model_file"]
         if not path.is_file():
             raise IndexMismatch(folder, f"model checkpoint {path} does not exist")
-        if sha256_file(path) != bundle.model_fingerprint:
-            model, payload = load_model(path)
-            why = ("was trained on different data" if payload.get("fingerprint") != extra["data_fingerprint"]
-                   else "has other weights or settings")
-            raise IndexMismatch(folder, f"model {path} {why} than the one this index was built with; "
-                                        "use the bundle's own model.pt or rebuild the index")
+        if sha256_file(path) != bundle.model_fingerprint:  # refused before anything of the file is read
+            raise IndexMismatch(folder, f"model {path} is not the one this index was built with (its sha256 "
+                                        "differs); use the bundle's own model.pt or rebuild the index")
         model, _ = load_model(path)
         if list(model.names) != bundle.modalities or model.n_modalities == 0:
             raise IndexMismatch(folder, f"model modalities {model.names} do not match the index's {bundle.modalities}")
@@ -297,13 +294,17 @@ class SearchEngine:
         return out
 
     # ------------------------------------------------------------------ updates
-    def add_items(self, catalog_path: str | Path, *, skip_bad: bool = False) -> list[str]:
+    def add_items(self, catalog_path: str | Path, *, skip_bad: bool = False,
+                  on_skipped: Callable[[list[Problem]], None] | None = None) -> list[str]:
         """Add the items of another catalog file: encode, generate missing modalities, append everywhere.
 
         The model is not retrained: missing modalities come from the query path with the catalog mean
         preference and fused embeddings from ``DGMRec.cold_item_embeddings``. Returns the new item ids.
+        With ``skip_bad`` the problems skipped go to ``on_skipped`` and into the bundle's ``skipped`` list.
         """
-        catalog, _ = load_catalog(catalog_path, skip_bad=skip_bad)
+        catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
+        if problems and on_skipped is not None:
+            on_skipped(problems)
         present = set(self.bundle.item_ids)
         known = [i for i in catalog.item_ids if i in present]
         if known:
@@ -328,7 +329,11 @@ class SearchEngine:
                    "image": items["image"] + image_refs(catalog.image_paths, self.bundle.folder),
                    "attributes": items["attributes"] + catalog.extra}
         self.bundle.add_items(catalog.item_ids, done.features, done.generated,
-                              augment_items(fused.numpy(), self._radius), extra={"items": updated})
+                              augment_items(fused.numpy(), self._radius),
+                              extra={"items": updated, "catalogs": [*self.bundle.meta["extra"].get("catalogs", []),
+                                                                    str(catalog.source)],
+                                     "skipped": [*self.bundle.meta["extra"].get("skipped", []),
+                                                 *(f"{catalog.source.name}: {p}" for p in problems)]})
         return list(catalog.item_ids)
 
 

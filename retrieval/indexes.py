@@ -13,11 +13,20 @@ data. IVF also appends rows cheaply (no retraining).
 ``IndexBundle`` is the folder ``indexes/<name>/``: ``<modality>.faiss`` per modality (raw feature
 space, every item present, generated rows flagged), ``fused.faiss`` over fused item embeddings for
 recommendations, the completed features ``features_<modality>.npy``, the fused matrix ``items.npy``
-and ``meta.json``. A folder is always written whole into a sibling temp folder and then swapped in, so
-an interrupted save never leaves a half-written bundle in place.
+and ``meta.json``, which records the size and sha256 of every other file (``meta.json.sha256`` holds
+meta.json's own hash). Sizes are checked at every load, hashes in full by :func:`verify_bundle`.
+
+Storage (DESIGN.md, "Safety and storage"): ``indexes/<name>`` is a symbolic link to a sibling version
+folder ``.<name>.v<generation>-<tag>``. A write fills ``.<name>.tmp-<tag>``, renames it to a version
+folder and swaps the link with one ``os.replace``, all under the lock file ``.<name>.lock``
+(``fcntl.flock``, non-blocking); so readers see the old bundle or the new one, never half of one, and a
+crash at any moment leaves one of them loadable by name. Stale temp folders and all but the previous
+version are removed by the next write. A folder written before this layout is migrated on its next write.
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import math
 import os
@@ -25,6 +34,8 @@ import re
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +45,7 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from dgmrec_core.atomic import atomic_path, atomic_write_text
+from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem
 from dgmrec_core.errors import DataError
 
 AUTO_EXACT_MAX = 50_000  # "auto": exact search below this many rows, IVF at or above
@@ -48,6 +59,7 @@ ADD_CHUNK = 100_000  # rows normalised and added per step (bounds the extra memo
 FORMAT_VERSION = 1
 FUSED = "fused"
 META = "meta.json"
+META_SHA = "meta.json.sha256"  # sha256 of meta.json, which cannot record its own hash
 KINDS = ("auto", "flat", "ivf", "hnsw")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -263,9 +275,12 @@ def _exclusion_sets(exclude_rows: Any, n_queries: int) -> list[np.ndarray]:
 class IndexBundle:
     """The folder of per-modality indexes, the fused index, completed features and ``meta.json``."""
 
-    def __init__(self, folder: Path, meta: dict, indexes: dict[str, VectorIndex]) -> None:
-        self.folder = folder
+    def __init__(self, folder: Path, meta: dict, indexes: dict[str, VectorIndex], path: Path | None = None) -> None:
+        self.folder = folder  # the bundle's name (a link to its current version)
+        self.path = path or folder  # the version folder this snapshot was read from
         self.indexes = indexes
+        meta_file = self.path / META
+        self._meta_sha = _sha256(meta_file) if meta_file.is_file() else None  # detects later writers
         self._set_meta(meta)
 
     def _set_meta(self, meta: dict) -> None:
@@ -308,17 +323,17 @@ class IndexBundle:
         """Completed raw features of ``modality`` (observed + generated rows), memory-mapped."""
         if modality not in self.meta["modalities"]:
             raise KeyError(f"no modality {modality!r} in {self.folder} (has {', '.join(self.modalities)})")
-        return np.load(self.folder / f"features_{modality}.npy", mmap_mode="r")
+        return np.load(self.path / f"features_{modality}.npy", mmap_mode="r")
 
     def fused_items(self) -> np.ndarray:
         """Fused item embeddings (n, d_fused), memory-mapped."""
-        return np.load(self.folder / "items.npy", mmap_mode="r")
+        return np.load(self.path / "items.npy", mmap_mode="r")
 
     def extra_array(self, name: str) -> np.ndarray:
         """An extra array stored by ``build(extra={name: array})``."""
         if name not in self.meta["extra_arrays"]:
             raise KeyError(f"no extra array {name!r} in {self.folder}")
-        return np.load(self.folder / f"extra_{name}.npy")
+        return np.load(self.path / f"extra_{name}.npy")
 
     # ------------------------------------------------------------------ build / load
     @classmethod
@@ -384,49 +399,50 @@ class IndexBundle:
             for name, src in files.items():
                 shutil.copy2(src, tmp / name)
 
-        _write_bundle(folder, meta, indexes, write)
-        return cls(folder, meta, indexes)
+        meta, path = _write_bundle(folder, meta, indexes, write)
+        return cls(folder, meta, indexes, path)
 
     @classmethod
     def load(cls, folder: str | Path, *, expect_model_fingerprint: str | None = None,
              expect_encoder_fingerprint: dict | str | None = None) -> "IndexBundle":
         """Open a bundle, refusing (``IndexMismatch``) one that is incomplete, corrupt or stale."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            leftovers = sorted(folder.parent.glob(f".{folder.name}.old-*")) if folder.parent.is_dir() else []
-            hint = f"; an interrupted save left the previous version at {leftovers[-1]}" if leftovers else ""
-            raise IndexMismatch(folder, f"folder does not exist{hint}")
-        meta = _read_meta(folder)
+        name = Path(folder)
+        folder = _current_version(name)
+        meta = _read_meta(folder, name)
         if expect_model_fingerprint is not None and meta["model_fingerprint"] != expect_model_fingerprint:
-            raise IndexMismatch(folder, f"built for model {meta['model_fingerprint']!r}, "
+            raise IndexMismatch(name, f"built for model {meta['model_fingerprint']!r}, "
                                         f"expected model {expect_model_fingerprint!r}: rebuild the indexes")
         if (expect_encoder_fingerprint is not None
                 and _json_key(meta["encoder_fingerprint"]) != _json_key(expect_encoder_fingerprint)):
-            raise IndexMismatch(folder, f"built with encoder {_json_key(meta['encoder_fingerprint'])}, "
+            raise IndexMismatch(name, f"built with encoder {_json_key(meta['encoder_fingerprint'])}, "
                                         f"expected encoder {_json_key(expect_encoder_fingerprint)}: "
                                         "rebuild the indexes")
         n = len(meta["item_ids"])
         dims = {**meta["dims"], FUSED: meta["fused_dim"]}
         indexes = {}
-        for name in [*meta["modalities"], FUSED]:
+        for key in [*meta["modalities"], FUSED]:
             try:
-                index = VectorIndex.load(folder / f"{name}.faiss")
+                index = VectorIndex.load(folder / f"{key}.faiss")
             except DataError as exc:
-                raise IndexMismatch(folder, f"{name}.faiss: {exc.problem}") from exc
+                raise IndexMismatch(name, f"{key}.faiss: {exc.problem}") from exc
             if index.ntotal != n:
-                raise IndexMismatch(folder, f"{name}.faiss has {index.ntotal} rows but meta.json lists {n} items")
-            if index.dim != dims[name]:
-                raise IndexMismatch(folder, f"{name}.faiss has dimension {index.dim}, meta.json says {dims[name]}")
-            indexes[name] = index
-        for name in [*(f"features_{m}.npy" for m in meta["modalities"]), "items.npy",
+                raise IndexMismatch(name, f"{key}.faiss has {index.ntotal} rows but meta.json lists {n} items")
+            if index.dim != dims[key]:
+                raise IndexMismatch(name, f"{key}.faiss has dimension {index.dim}, meta.json says {dims[key]}")
+            indexes[key] = index
+        for file in [*(f"features_{m}.npy" for m in meta["modalities"]), "items.npy",
                      *(f"extra_{k}.npy" for k in meta["extra_arrays"]), *meta.get("files", ())]:
-            if not (folder / name).is_file():
-                raise IndexMismatch(folder, f"{name} is missing")
+            if not (folder / file).is_file():
+                raise IndexMismatch(name, f"{file} is missing")
+        _check_sizes(name, folder, meta)
         for m in meta["modalities"]:
-            shape = np.load(folder / f"features_{m}.npy", mmap_mode="r").shape
+            try:
+                shape = np.load(folder / f"features_{m}.npy", mmap_mode="r").shape
+            except (OSError, ValueError, EOFError) as exc:
+                raise IndexMismatch(name, f"features_{m}.npy is not a readable array ({exc})") from exc
             if shape != (n, dims[m]):
-                raise IndexMismatch(folder, f"features_{m}.npy has shape {shape}, expected {(n, dims[m])}")
-        return cls(folder, meta, indexes)
+                raise IndexMismatch(name, f"features_{m}.npy has shape {shape}, expected {(n, dims[m])}")
+        return cls(name, meta, indexes, folder)
 
     # ------------------------------------------------------------------ update
     def add_items(self, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
@@ -451,7 +467,7 @@ class IndexBundle:
         meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for m, v in [*vectors.items(), (FUSED, fused)]:
             self.indexes[m].add(v)
-        source = self.folder
+        source = self.path  # the snapshot loaded, never the live folder
 
         def write(tmp: Path) -> None:
             for m, v in vectors.items():
@@ -463,12 +479,14 @@ class IndexBundle:
                 shutil.copy2(source / name, tmp / name)
 
         try:
-            _write_bundle(self.folder, meta, self.indexes, write)
+            meta, self.path = _write_bundle(self.folder, meta, self.indexes, write,
+                                            expect_meta_sha=self._meta_sha)
         except BaseException:
             fresh = IndexBundle.load(self.folder)
-            self.indexes = fresh.indexes
+            self.indexes, self.path, self._meta_sha = fresh.indexes, fresh.path, fresh._meta_sha
             self._set_meta(fresh.meta)
             raise
+        self._meta_sha = _sha256(self.path / META)
         self._set_meta(meta)
         return np.arange(old_n, len(self), dtype=np.int64)
 
@@ -569,46 +587,227 @@ def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
     del out
 
 
-def _write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], write_arrays) -> None:
-    """Write a whole bundle into a sibling temp folder, then swap it in place of ``folder``."""
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_bundle_target(folder: str | Path, *, force: bool = False) -> None:
+    """Refuse (``DataError``) to write a bundle over something that is not one, unless ``force``.
+
+    An absent folder, an empty one, a bundle (``meta.json``) or a link of this layout may be written;
+    any other folder only with ``force`` (its files are then replaced). A file is always refused.
+    """
+    folder = Path(folder)
+    problem = own_folder_problem(folder)
+    if problem:
+        raise DataError(folder, problem, field="--out")
+    if folder.is_symlink():
+        if os.readlink(folder).startswith(f".{folder.name}.v") or force:
+            return
+        raise DataError(folder, "is a link that is not an index of this tool; choose another --out or add --force "
+                                "to replace it", field="--out")
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise DataError(folder, "exists and is a file, not an index folder: choose another --out", field="--out")
+    if (folder / META).is_file() or not any(folder.iterdir()) or force:
+        return
+    raise DataError(folder, f"exists and is not an index (no {META}); choose another --out, or add --force to "
+                            "replace everything in it", field="--out")
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
+@contextmanager
+def index_lock(folder: str | Path) -> Iterator[None]:
+    """Hold the bundle's write lock (``.<name>.lock`` beside it); ``IndexMismatch`` at once when it is held."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = folder.parent / f".{folder.name}.tmp-{tag}"
-    old = folder.parent / f".{folder.name}.old-{tag}"
-    tmp.mkdir()
+    path = _lock_path(folder)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        for name, index in indexes.items():
-            index.save(tmp / f"{name}.faiss")
-        write_arrays(tmp)
-        atomic_write_text(tmp / META, json.dumps(meta, separators=(",", ":")))
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-    except BaseException:
-        if old.exists() and not folder.exists():
-            os.rename(old, folder)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexMismatch(folder, f"another process is writing this index (lock {path} is held); "
+                                        "try again when it has finished") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with other writers)
 
 
-def _read_meta(folder: Path) -> dict:
+def _versions(folder: Path) -> list[Path]:
+    """Version folders of the bundle ``folder``, oldest generation first."""
+    if not folder.parent.is_dir():
+        return []
+    found = [p for p in folder.parent.glob(f".{folder.name}.v*") if p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def _current_version(folder: Path) -> Path:
+    """The folder a bundle's files are read from: its link's target, the folder itself (older layout) or,
+    after a crash while migrating an older folder, its newest complete version."""
+    if folder.is_dir():
+        return folder.resolve() if folder.is_symlink() else folder
+    complete = [p for p in _versions(folder) if (p / META).is_file()]
+    if complete and not folder.is_symlink():
+        return complete[-1]
+    if folder.is_symlink():
+        raise IndexMismatch(folder, f"link to a missing version folder ({os.readlink(folder)})")
+    raise IndexMismatch(folder, "folder does not exist")
+
+
+def file_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of a bundle folder except meta.json and its hash."""
+    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (META, META_SHA)}
+
+
+def _check_sizes(name: Path, folder: Path, meta: dict) -> None:
+    """Cheap load-time check: every recorded file exists with its recorded size."""
+    for file, record in (meta.get("checksums") or {}).items():
+        path = folder / file
+        if not path.is_file():
+            raise IndexMismatch(name, f"{file} is missing")
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise IndexMismatch(name, f"{file} has {size} bytes but meta.json records {record['size']} "
+                                      f"(truncated or replaced); rebuild the index or restore the file")
+
+
+def verify_bundle(folder: str | Path) -> list[str]:
+    """Every problem of a bundle's files, checked in full (sizes and sha256); empty when it is intact."""
+    name = Path(folder)
+    path = _current_version(name)
+    problems = []
+    if not (path / META).is_file():
+        return [f"{META}: missing"]
+    if not (path / META_SHA).is_file():
+        problems.append(f"{META_SHA}: missing (a bundle written before checksums; rebuild it to verify it)")
+    elif (path / META_SHA).read_text().strip() != _sha256(path / META):
+        problems.append(f"{META}: sha256 differs from {META_SHA} (modified or corrupt)")
+    try:
+        records = json.loads((path / META).read_text()).get("checksums") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        return [*problems, f"{META}: not valid JSON ({exc})"]
+    for file, record in sorted(records.items()):
+        target = path / file
+        if not target.is_file():
+            problems.append(f"{file}: missing")
+        elif target.stat().st_size != record["size"]:
+            problems.append(f"{file}: {target.stat().st_size} bytes, recorded {record['size']} (truncated or replaced)")
+        elif _sha256(target) != record["sha256"]:
+            problems.append(f"{file}: sha256 differs from the one recorded (modified or corrupt)")
+    for p in sorted(path.iterdir()):
+        if p.name not in records and p.name not in (META, META_SHA):
+            problems.append(f"{p.name}: not part of the bundle (unrecorded file)")
+    return problems
+
+
+def _remove_stale(folder: Path, keep: set[Path]) -> None:
+    """Remove leftovers of interrupted writes and old versions (call under the lock)."""
+    stale = [*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*"),
+             *folder.parent.glob(f".{folder.name}.link-*")]
+    stale += [v for v in _versions(folder) if v not in keep]
+    for p in stale:
+        if p.is_symlink() or p.is_file():
+            p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _point(folder: Path, version: Path, tag: str) -> None:
+    """Make ``folder`` a link to ``version`` with one rename (an older real folder becomes a version first)."""
+    link = folder.parent / f".{folder.name}.link-{tag}"
+    os.symlink(version.name, link)
+    if folder.exists() and not folder.is_symlink():
+        os.rename(folder, folder.parent / f".{folder.name}.v000000-{tag}")  # load() falls back to versions
+    os.replace(link, folder)
+
+
+def _write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], write_arrays,
+                  expect_meta_sha: str | None = None) -> tuple[dict, Path]:
+    """Write a whole bundle into a new version folder and switch ``folder`` to it, under the lock.
+
+    ``expect_meta_sha``: refuse (``IndexMismatch``) when the bundle on disk changed since it was loaded.
+    Returns the meta written (with generation and checksums) and the version folder.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with index_lock(folder):
+        try:
+            previous = _current_version(folder)
+        except IndexMismatch:
+            previous = None
+        if expect_meta_sha is not None and (previous is None or not (previous / META).is_file()
+                                            or _sha256(previous / META) != expect_meta_sha):
+            raise IndexMismatch(folder, "the index changed since it was loaded (another add-items or build "
+                                        "finished meanwhile); nothing was written: run the command again")
+        _remove_stale(folder, keep={p for p in (previous,) if p is not None})
+        try:
+            generation = int(json.loads((previous / META).read_text()).get("generation", 0)) + 1
+        except (OSError, ValueError, TypeError, AttributeError):
+            generation = 1
+        tag = uuid.uuid4().hex[:8]
+        tmp = folder.parent / f".{folder.name}.tmp-{tag}"
+        version = folder.parent / f".{folder.name}.v{generation:06d}-{tag}"
+        tmp.mkdir()
+        try:
+            for name, index in indexes.items():
+                index.save(tmp / f"{name}.faiss")
+            write_arrays(tmp)
+            meta = {**meta, "generation": generation, "checksums": file_records(tmp)}
+            text = json.dumps(meta, separators=(",", ":"))
+            atomic_write_text(tmp / META, text)
+            atomic_write_text(tmp / META_SHA, hashlib.sha256(text.encode()).hexdigest() + "\n")
+            os.rename(tmp, version)
+            _point(folder, version, tag)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if version.exists() and not (folder.is_symlink() and folder.resolve() == version.resolve()):
+                shutil.rmtree(version, ignore_errors=True)
+            raise
+        _remove_stale(folder, keep={version, *(p for p in (previous,) if p is not None and p.parent == folder.parent)})
+    return meta, version
+
+
+# meta.json keys and the JSON types they must have
+_META_TYPES = {"format_version": int, "model_fingerprint": str, "encoder_fingerprint": (dict, str),
+               "modalities": list, "dims": dict, "fused_dim": int, "item_ids": list, "generated": dict,
+               "extra_arrays": list}
+
+
+def _read_meta(folder: Path, name: Path | None = None) -> dict:
+    name = name or folder
     path = folder / META
     if not path.is_file():
-        raise IndexMismatch(folder, f"{META} is missing")
+        raise IndexMismatch(name, f"{META} is missing")
     try:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise IndexMismatch(folder, f"{META} is not valid JSON ({exc})") from exc
-    required = ("format_version", "model_fingerprint", "encoder_fingerprint", "modalities", "dims",
-                "fused_dim", "item_ids", "generated", "extra_arrays")
-    missing = [key for key in required if key not in meta]
+        raise IndexMismatch(name, f"{META} is not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict):
+        raise IndexMismatch(name, f"{META} must hold a JSON object")
+    missing = [key for key in _META_TYPES if key not in meta]
     if missing:
-        raise IndexMismatch(folder, f"{META} lacks {', '.join(missing)}")
+        raise IndexMismatch(name, f"{META} lacks {', '.join(missing)}")
+    for key, kind in _META_TYPES.items():
+        if not isinstance(meta[key], kind):
+            raise IndexMismatch(name, f"{META}: '{key}' has the wrong type ({type(meta[key]).__name__})")
     if meta["format_version"] != FORMAT_VERSION:
-        raise IndexMismatch(folder, f"format version {meta['format_version']}, this code reads {FORMAT_VERSION}")
+        raise IndexMismatch(name, f"format version {meta['format_version']}, this code reads {FORMAT_VERSION}")
     n = len(meta["item_ids"])
+    if not all(isinstance(i, str) for i in meta["item_ids"]):
+        raise IndexMismatch(name, f"{META}: item_ids must all be strings")
     for m in meta["modalities"]:
-        if len(meta["generated"].get(m, ())) != n:
-            raise IndexMismatch(folder, f"{META}: generated flags of {m!r} do not cover the {n} items")
+        if not isinstance(m, str) or not isinstance(meta["dims"].get(m), int):
+            raise IndexMismatch(name, f"{META}: modality {m!r} has no integer dimension in 'dims'")
+        flags = meta["generated"].get(m, ())
+        if not isinstance(flags, list) or len(flags) != n:
+            raise IndexMismatch(name, f"{META}: generated flags of {m!r} do not cover the {n} items")
     return meta

@@ -37,7 +37,7 @@ from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.feature_cache import MODALITIES, encode_catalog
 from retrieval.fused import augment_items, radius_for
 from retrieval.generation_quality import KEY as GENERATION_EVAL, generation_quality
-from retrieval.indexes import IndexBundle, normalise
+from retrieval.indexes import IndexBundle, check_bundle_target, normalise
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -183,14 +183,15 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
                 model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
                 encoder: ClipEncoder | None = None, encoder_seed: int = 0, config: DGMRecConfig | None = None,
                 work_dir: str | Path | None = None, skip_bad: bool = False, holdout: float = 0.05,
-                seed: int | None = None, kind: str = "auto", progress: bool = True) -> Path:
+                seed: int | None = None, kind: str = "auto", progress: bool = True, force: bool = False) -> Path:
     """Catalog + interactions -> trained DGMRec -> completed features -> index bundle at ``out_dir``.
 
     ``encoder`` (else ``model_name``/``pretrained``/``encoder_seed``) encodes the catalog; features and
     the model are cached in ``work_dir`` (default ``<out_dir>.work`` beside it), so an unchanged re-run
     only rebuilds the indexes. ``holdout``: share of items with every modality that lose one for
     training (``seed``, default ``config.seed``). ``skip_bad`` drops bad catalog rows and interactions
-    of unknown items and lists them. ``kind``: FAISS index kind. Returns the bundle folder.
+    of unknown items and lists them. ``kind``: FAISS index kind. ``force``: replace a folder at ``out_dir``
+    that is not an index (refused otherwise). Returns the bundle folder.
     """
     config = config or DGMRecConfig()
     if not config.use_modalities:
@@ -198,13 +199,14 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
                               "the LightGCN baseline (use_modalities off) cannot build one", field="use_modalities")
     seed = config.seed if seed is None else seed
     out_dir = Path(out_dir)
+    check_bundle_target(out_dir, force=force)
     work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
     work_dir.mkdir(parents=True, exist_ok=True)
 
     catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
     _say(f"catalog: {catalog.n_items} items from {catalog.source} "
          f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
-    _report_skips(problems)
+    report_skips(problems)
 
     if encoder is None:
         _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
@@ -303,7 +305,8 @@ def _say_routes(report: dict[str, Any]) -> None:
         _say(f"warning: {warning}")
 
 
-def _report_skips(problems: list[Problem]) -> None:
+def report_skips(problems: list[Problem]) -> None:
+    """Print what ``skip_bad`` dropped (the first ``MAX_LISTED_SKIPS``, then a count)."""
     if not problems:
         return
     _say(f"skipped: {len(problems)} problem(s) in the catalog")

@@ -18,7 +18,7 @@ from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from dgmrec_core.trainer import fit
 from retrieval.completion import complete_features, complete_new_items
-from retrieval.encoders import ClipEncoder
+from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.engine import Hit, QueryError, SearchEngine
 from retrieval.indexes import IndexMismatch
 from retrieval.pipeline import build_index, choose_holdout
@@ -159,8 +159,10 @@ def test_choose_holdout_alternates_modalities_and_is_seeded() -> None:
 def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rows = _rows(built.catalog)
     shop = built.catalog.parent
+    _truncated_jpeg(shop / "images" / "cut.jpg")
     bad = [[r[k] for k in HEADER] for r in rows] + [[rows[0]["item_id"], "duplicate", "", "", ""],
-                                                     ["p900", "a broken picture", "images/none.png", "", ""]]
+                                                     ["p900", "a broken picture", "images/none.png", "", ""],
+                                                     ["p901", "a cut picture", "images/cut.jpg", "", ""]]
     catalog = _write_catalog(shop / "bad_catalog.csv", bad)
     interactions = tmp_path / "inter.csv"
     shutil.copy(built.interactions, interactions)
@@ -175,9 +177,44 @@ def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, capsys
     printed = capsys.readouterr().out
     assert "duplicate item_id" in printed and "image dropped, item kept" in printed
     assert "1 interaction(s) of items not in the catalog" in printed
+    assert f"line {len(rows) + 4} (item 'p901'): image unreadable or corrupt" in printed and "truncated" in printed
     engine = SearchEngine.load(out, encoder=built.encoder)
-    assert len(engine.bundle) == 61 and engine.item("p900").generated == {"image": True, "text": False}
-    assert len(engine.bundle.meta["extra"]["skipped"]) == 2
+    assert len(engine.bundle) == 62 and engine.item("p900").generated == {"image": True, "text": False}
+    assert engine.item("p901").generated == {"image": True, "text": False} and engine.item("p901").image is None
+    assert len(engine.bundle.meta["extra"]["skipped"]) == 3
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    """A JPEG cut in the middle: Image.verify() passes it, decoding it fails."""
+    import io
+
+    data = io.BytesIO()
+    _draw("circle", COLOURS["red"], size=96).save(data, format="JPEG")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.getvalue()[:len(data.getvalue()) * 2 // 3])
+    with Image.open(path) as img:
+        img.verify()
+    return path
+
+
+def test_add_items_skip_bad_lists_and_records_undecodable_images(built: Built, capsys: pytest.CaptureFixture) -> None:
+    from ui.cli import main
+
+    folder = _copy_bundle(built, "added-skip")
+    shop = built.catalog.parent
+    _truncated_jpeg(shop / "images" / "cut2.jpg")
+    rows = [_item_row(shop, "s1", 201, "circle", "red", image=True, text=True),
+            ["s2", "a red cut sticker", "images/cut2.jpg", "Red cut", "red"]]
+    catalog = _write_catalog(shop / "skip_items.csv", rows)
+    assert main(["add-items", "--index", str(folder), "--catalog", str(catalog)]) == 2
+    assert "line 3 (item 's2'): image unreadable or corrupt" in capsys.readouterr().err
+    assert main(["add-items", "--index", str(folder), "--catalog", str(catalog), "--skip-bad"]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped: 1 problem(s)" in printed and "line 3 (item 's2'): image unreadable or corrupt" in printed
+    assert "added 2 item(s)" in printed
+    engine = SearchEngine.load(folder, encoder=built.encoder)
+    assert engine.item("s2").image is None and engine.item("s2").generated["image"]
+    assert engine.bundle.meta["extra"]["skipped"][-1].startswith("skip_items.csv: line 3 (item 's2')")
 
 
 # ---------------------------------------------------------------------------- completion
@@ -299,12 +336,32 @@ def test_bad_queries_raise_query_error(built: Built, tmp_path: Path) -> None:
 def test_model_from_other_data_is_refused(built: Built, tmp_path: Path) -> None:
     other = make_toy_dataset(n_users=10, n_items=30, dims=(64, 64))
     fit(other, DGMRecConfig(embedding_size=16, epochs=1, knn_k=3), checkpoint=tmp_path / "other.pt", progress=False)
-    with pytest.raises(IndexMismatch, match="trained on different data"):
+    with pytest.raises(IndexMismatch, match="not the one this index was built with"):
         SearchEngine.load(built.index, encoder=built.encoder, model_path=tmp_path / "other.pt")
     folder = _copy_bundle(built, "swapped-model")
     shutil.copy(tmp_path / "other.pt", folder / "model.pt")
     with pytest.raises(IndexMismatch):
         SearchEngine.load(folder, encoder=built.encoder)
+
+
+def test_hostile_model_in_an_index_runs_nothing(built: Built, tmp_path: Path) -> None:
+    from test_safety import hostile_checkpoint
+
+    marker = tmp_path / "ran"
+    folder = _copy_bundle(built, "hostile-model")
+    hostile_checkpoint(folder / "model.pt", marker)
+    with pytest.raises(IndexMismatch, match="model.pt has .* bytes but meta.json records"):
+        SearchEngine.load(folder, encoder=built.encoder)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["checksums"]["model.pt"]["size"] = (folder / "model.pt").stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexMismatch, match="sha256 differs"):  # refused before the file is read
+        SearchEngine.load(folder, encoder=built.encoder)
+    meta["model_fingerprint"] = sha256_file(folder / "model.pt")  # the hash matches too: weights_only refuses it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        SearchEngine.load(folder, encoder=built.encoder)
+    assert not marker.exists()
 
 
 def test_other_encoder_is_refused(built: Built) -> None:

@@ -59,24 +59,75 @@ def _placeholder(title: str, size: int = 224) -> Image.Image:
 
 @lru_cache(maxsize=512)
 def _badged(path: str) -> Image.Image:
-    """The item's photo with a "generated" banner on top (a generated feature matched or is involved)."""
-    with Image.open(path) as photo:
-        img = photo.convert("RGB").resize((224, 224))
+    """The photo at ``path`` (decodable, see ``_photo``) with a "generated" banner on top."""
+    img = _photo(path).resize((224, 224))
     draw = ImageDraw.Draw(img)
     draw.rectangle((0, 0, 224, 34), fill=BADGE)
     draw.text((10, 7), "GENERATED", fill="white", font=_font(19))
     return img
 
 
+PHOTO_SIDE = 448  # item photos are sent as images at most this size, never as files
+
+
+class ImageGuard:
+    """The item photos the page may show: image files inside the bundle's folder or a catalog folder it
+    records. Photos are decoded here and sent as images, so the server never hands out a file by path."""
+
+    def __init__(self, engine: SearchEngine) -> None:
+        bundle = engine.bundle
+        extra = bundle.meta["extra"]
+        catalogs = [extra.get("catalog"), *extra.get("catalogs", [])]
+        self.roots = {Path(bundle.folder).resolve(), Path(bundle.path).resolve(),
+                      *(Path(c).resolve().parent for c in catalogs if isinstance(c, str) and c)}
+        self._refused: set[str] = set()
+
+    def allowed(self, path: str | None) -> str | None:
+        """The resolved path of an item photo the page may show, else None (a warning is logged once)."""
+        if not path:
+            return None
+        real = Path(path).resolve()
+        if real.is_file() and any(real.is_relative_to(root) for root in self.roots):
+            return str(real)
+        if path not in self._refused:
+            self._refused.add(path)
+            log.warning("not serving item image %s: it is not a file inside the index's folder or its catalog "
+                        "folder (%s)", path, ", ".join(sorted(map(str, self.roots))))
+        return None
+
+    def photo(self, path: str | None) -> Image.Image | None:
+        """The decoded photo, or None when it may not be shown or cannot be decoded."""
+        real = self.allowed(path)
+        return None if real is None else _photo(real)
+
+
+@lru_cache(maxsize=512)
+def _photo(path: str) -> Image.Image | None:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            out = img.convert("RGB")
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on files that are not images
+        log.warning("not serving item image %s: not a decodable image (%s)", path, exc)
+        return None
+    out.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
+    return out
+
+
 def _label(item: Any) -> str:
     return item.title or (item.text or "")[:50] or item.item_id
 
 
-def _tile(item: Any, caption: str, generated: bool = False) -> tuple[Any, str]:
-    """A gallery entry: the photo (bannered when ``generated``) or the placeholder tile, and its caption."""
-    if not item.image:
+def _tile(item: Any, caption: str, generated: bool = False, guard: ImageGuard | None = None) -> tuple[Any, str]:
+    """A gallery entry: the photo (bannered when ``generated``) or the placeholder tile, and its caption.
+
+    Only photos ``guard`` admits are shown; any other item is shown with the placeholder.
+    """
+    real = guard.allowed(item.image) if guard is not None else None
+    photo = None if real is None else _photo(real)
+    if photo is None:
         return _placeholder(_label(item)), caption
-    return (_badged(item.image) if generated else item.image), caption
+    return (_badged(real) if generated else photo), caption
 
 
 def _hit_caption(hit: Hit) -> str:
@@ -139,6 +190,7 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
     curves = training_curves(engine)
     showcase = GenerationShowcase(engine)
     users = engine.users()
+    guard = ImageGuard(engine)
     shares = ", ".join(f"{m} missing for {v['missing_share']:.0%}" for m, v in overview["modalities"].items())
 
     @_guarded(lambda message: ([], _error(message)))
@@ -149,7 +201,7 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
         note = (f"{len(hits)} products for “{_cell(query.strip())}”, {_route_note(engine, 'text', 'image', route)}{who}. "
                 f"{n_gen} of them (⚠, GENERATED banner) matched on an image feature DGMRec generated: the "
                 "catalog has no photo of them.")
-        return [_tile(h, _hit_caption(h), h.generated) for h in hits], note
+        return [_tile(h, _hit_caption(h), h.generated, guard) for h in hits], note
 
     @_guarded(lambda message: (None, "", _error(message)))
     def image_search(path: str | None, user: str | None, route: str, k: float) -> tuple:
@@ -167,8 +219,8 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
         history = engine.history(_user(user))
         recs = engine.recommend(_user(user), k=int(k))
         past = [_tile(item, ("⚠ " if any(item.generated.values()) else "") + _label(item),
-                      any(item.generated.values())) for item in history]
-        top = [_tile(h, _hit_caption(h), h.generated) for h in recs]
+                      any(item.generated.values()), guard) for item in history]
+        top = [_tile(h, _hit_caption(h), h.generated, guard) for h in recs]
         note = (f"User {_user(user)}: {len(history)} items in training (left), top {len(recs)} recommendations "
                 "by DGMRec's score, training items excluded (right). ⚠ / GENERATED: the item misses a photo or a "
                 "description; DGMRec generated that feature.")
@@ -180,10 +232,10 @@ def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Bl
             raise QueryError("pick a held-out item first")
         view = showcase.view(item_id)
         real = view.item
-        image = real.image if real.image else _placeholder(_label(real))
+        image = guard.photo(real.image) or _placeholder(_label(real))
         text = f"**{_label(real)}** (`{real.item_id}`)\n\n{_description(real)}"
         gallery = [_tile(h, f"★ real item · {_hit_caption(h)}" if h.item_id == real.item_id else _hit_caption(h),
-                         h.generated) for h in view.neighbours]
+                         h.generated, guard) for h in view.neighbours]
         found = next((h.rank for h in view.neighbours if h.item_id == real.item_id), None)
         summary = (f"DGMRec generated the **{view.modality}** feature of `{real.item_id}` without seeing it in "
                    f"training. The real item ranks **{view.rank}** of {view.n_items} indexed items for the generated "
@@ -343,18 +395,16 @@ def _overview_text(overview: dict[str, Any], index_name: str, encoder: str) -> s
     return "\n".join(lines)
 
 
-def image_roots(engine: SearchEngine) -> list[str]:
-    """Folders holding the index's item images (the page may serve files from these only)."""
-    return sorted({str(Path(p).parent) for p in (engine.item(i).image for i in engine.bundle.item_ids) if p})
-
-
 def launch(engine: SearchEngine, info: dict[str, Any] | None = None, *, host: str = "127.0.0.1", port: int = 7860,
-           block: bool = True) -> gr.Blocks:
-    """Serve the page on ``host:port`` (``block=False``: return once it is up, e.g. in tests)."""
+           block: bool = True, auth: tuple[str, str] | None = None) -> gr.Blocks:
+    """Serve the page on ``host:port`` (``block=False``: return once it is up, e.g. in tests).
+
+    No folder is shared (item photos are sent as decoded images); ``auth``: (user, password) asked by the page.
+    """
     app = build_app(engine, info)
     app.queue(default_concurrency_limit=2)
-    app.launch(server_name=host, server_port=port, allowed_paths=image_roots(engine), prevent_thread_lock=not block,
-               css=CSS, quiet=not block, footer_links=["api"], max_file_size="64mb")
+    app.launch(server_name=host, server_port=port, allowed_paths=[], prevent_thread_lock=not block,
+               css=CSS, quiet=not block, footer_links=["api"], max_file_size="64mb", auth=auth)
     return app
 
 

@@ -2,15 +2,43 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import sys
 import time
 from pathlib import Path
 
+from dgmrec_core.errors import DataError
 from ui.cli_index import INDEX_ROOT, _index_dir
 
 
-def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = None) -> int:
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_access(args: argparse.Namespace) -> tuple[str, str] | None:
+    """The (user, password) the page asks for; a ``DataError`` for a non-loopback --host with neither
+    --auth nor --public, or a malformed --auth."""
+    auth = None
+    if args.auth is not None:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            raise DataError(None, "--auth expects USER:PASS (both non-empty)", field="--auth")
+        auth = (user, password)
+    if auth is None and not args.public and not _is_loopback(args.host):
+        raise DataError(None, f"--host {args.host} makes the page reachable from other machines: give "
+                              "--auth USER:PASS to ask for a password, or --public to open it to everyone",
+                        field="--host")
+    return auth
+
+
+def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = None,
+           auth: tuple[str, str] | None = None) -> int:
     from retrieval.engine import SearchEngine
     from retrieval.showcase import encoder_note as describe
     from ui.app import launch
@@ -19,7 +47,7 @@ def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = Non
     engine = SearchEngine.load(index_dir)
     note = encoder_note or describe(engine.bundle.meta["extra"]["encoder"])
     try:
-        launch(engine, {"index": str(index_dir), "encoder": note}, host=host, port=port)
+        launch(engine, {"index": str(index_dir), "encoder": note}, host=host, port=port, auth=auth)
     except OSError as exc:
         print(f"error: cannot serve on {host}:{port} ({exc}); choose another port with --port", file=sys.stderr)
         return 2
@@ -29,6 +57,7 @@ def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = Non
 def cmd_demo(args: argparse.Namespace) -> int:
     from retrieval.demo import run_demo
 
+    auth = None if args.no_serve else server_access(args)
     if args.threads:
         import torch
 
@@ -43,11 +72,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"demo: not serving (--no-serve); later: dgmrec serve --index {built.index_dir}")
         return 0
-    return _serve(built.index_dir, args.host, args.port, built.encoder["note"])
+    return _serve(built.index_dir, args.host, args.port, built.encoder["note"], auth)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    return _serve(_index_dir(args.index), args.host, args.port)
+    auth = server_access(args)
+    return _serve(_index_dir(args.index), args.host, args.port, auth=auth)
 
 
 def cmd_finetune_encoder(args: argparse.Namespace) -> int:
@@ -65,6 +95,11 @@ def _add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=7860, help="port of the web page (default 7860)")
+    p.add_argument("--auth", metavar="USER:PASS",
+                   help="ask for this user name and password on the page (needed with a non-loopback --host "
+                        "unless --public)")
+    p.add_argument("--public", action="store_true",
+                   help="allow a non-loopback --host without --auth: the page is open to everyone who can reach it")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

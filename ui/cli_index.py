@@ -35,7 +35,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     out = args.out or INDEX_ROOT / args.name
     build_index(args.catalog, args.interactions, out, model_name=args.model_name, pretrained=args.pretrained,
                 encoder_seed=args.encoder_seed, config=config_from_args(args), work_dir=args.work_dir,
-                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind)
+                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind, force=args.force)
     print(f"built {out}; try: dgmrec search --index {out} --text \"...\"")
     return 0
 
@@ -88,10 +88,27 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 def cmd_add_items(args: argparse.Namespace) -> int:
     from retrieval.engine import SearchEngine
 
+    from retrieval.pipeline import report_skips
+
     engine = SearchEngine.load(_index_dir(args.index))
-    added = engine.add_items(args.catalog, skip_bad=args.skip_bad)
+    added = engine.add_items(args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
     print(f"added {len(added)} item(s) to {engine.bundle.folder}: {', '.join(added[:10])}"
           + (" ..." if len(added) > 10 else ""))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from retrieval.indexes import IndexBundle, verify_bundle
+
+    folder = _index_dir(args.index)
+    problems = verify_bundle(folder)
+    if problems:
+        for problem in problems:
+            print(f"BAD {folder}: {problem}")
+        print(f"{folder}: {len(problems)} problem(s); rebuild the index or restore its files")
+        return 1
+    n = len(IndexBundle.load(folder).meta["checksums"])  # the structural checks too (rows, dimensions)
+    print(f"ok: {folder}: meta.json and {n} file(s) match their recorded sizes and sha256")
     return 0
 
 
@@ -125,6 +142,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
                    help="FAISS index kind (auto: exact below 50,000 items, IVF above)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--force", action="store_true",
+                   help="write the index even over an existing folder that is not an index (its files are replaced)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_build)
 
@@ -159,5 +178,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "model and append them to every index.")
     _add_index_argument(p)
     p.add_argument("--catalog", type=Path, required=True, help="catalog file of the new items")
-    p.add_argument("--skip-bad", action="store_true", help="drop bad rows instead of stopping")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="drop bad rows (and undecodable images) instead of stopping; lists them and records "
+                        "them in the index")
     p.set_defaults(func=cmd_add_items)
+
+    p = sub.add_parser("verify", help="check every file of an index against its recorded size and sha256",
+                       description="Reads every file of the index in full and compares it with the size and "
+                                   "sha256 recorded when it was written; names each bad file (exit code 1).")
+    _add_index_argument(p)
+    p.set_defaults(func=cmd_verify)

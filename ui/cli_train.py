@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from dgmrec_core.atomic import atomic_write_text
+from dgmrec_core.atomic import atomic_write_text, own_folder_problem
 from dgmrec_core.checkpoint import dataset_fingerprint, load_model
 from dgmrec_core.config import HELP, DGMRecConfig
 from dgmrec_core.data import Dataset
@@ -84,6 +84,29 @@ def _write_json(path: Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2))
 
 
+RUN_FILES = ("model.pt", "metrics.json", "history.json")
+
+
+def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
+    """Refuse (``DataError``) an --out that is not a run folder, or holds a run, unless --resume / --force."""
+    problem = own_folder_problem(out)
+    if problem:
+        raise DataError(out, problem, field="--out")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(out, "exists and is a file, not a run folder: choose another --out", field="--out")
+    names = {p.name for p in out.iterdir() if not (p.name.startswith(".") and p.name.endswith(".tmp"))}
+    foreign = sorted(names - set(RUN_FILES))
+    if foreign and not force:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise DataError(out, f"exists and is not a training run (it holds {shown}); choose another --out, or add "
+                             "--force to write the run into it", field="--out")
+    if "model.pt" in names and not resume and not force:
+        raise DataError(out, "holds a training run already (model.pt): add --resume to continue it, --force to "
+                             "train afresh over it, or choose another --out", field="--out")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dgmrec_core.trainer import fit
 
@@ -92,6 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     dataset = load_data(args)
     out = Path(args.out)
+    check_run_folder(out, resume=args.resume, force=args.force)
     result = fit(dataset, config, checkpoint=out / "model.pt", resume=args.resume)
     metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
                "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
@@ -136,7 +160,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_data_arguments(p)
     add_config_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="output folder for the checkpoint and metrics")
-    p.add_argument("--resume", action="store_true", help="continue from --out/model.pt if it exists")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --out/model.pt if it exists (the options must match the checkpoint's, "
+                        "except --epochs)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an --out that holds other files or a finished run (its model.pt is replaced)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=cmd_train)
 
