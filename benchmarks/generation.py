@@ -13,7 +13,7 @@ per-dimension spread of generated over real.
     python benchmarks/generation.py --datasets sample-shop ml100k --seeds 0 1 2
 
 Writes ``benchmarks/results/generation.json`` (one record per dataset, method, modality, group, seed)
-and the table in ``benchmarks/RESULTS_generation.md``. The sample shop comes from ``dgmrec demo`` (its
+and the table beside it (``generation.md``); ``--merge`` combines files of runs made in parallel. The sample shop comes from ``dgmrec demo`` (its
 index under ``indexes/sample-shop`` and the shop under ``.cache/demo/sample-shop``).
 """
 from __future__ import annotations
@@ -187,17 +187,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
+    parser.add_argument("--merge", type=Path, nargs="+",
+                        help="combine these result files (runs made in parallel) into --out instead of running")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every)
+    if args.merge:
+        records = [r for path in args.merge for r in json.loads(path.read_text())]
+    else:
+        records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    seeds = sorted({r["seed"] for r in records})
     text = ["# Generation quality (issue 8)", "", f"`{command}` ({platform.machine()}, {args.threads} thread(s), "
-            f"{time.strftime('%Y-%m-%d')}); mean ± std over seeds {args.seeds}.", "", *table(records), ""]
-    md = args.out.with_suffix(".md") if args.out.name != "generation.json" else ROOT / "benchmarks" / "RESULTS_generation.md"
-    atomic_write_text(md, "\n".join(text))
+            f"{time.strftime('%Y-%m-%d')}); mean ± std over seeds {seeds}.", "", *table(records), ""]
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(text))
     print("\n".join(text))
     return 0
 

@@ -137,3 +137,25 @@ def test_a_single_modality_trains_and_generates(generator: str) -> None:
     model = fit(single, replace(CONFIG, generator=generator, epochs=2), progress=False).model
     (generated,) = model.generated_features(noise=False)
     assert generated.shape == (N_ITEMS, D_IMAGE) and torch.isfinite(generated).all()
+
+
+def test_paper_generator_reproduces_the_outputs_of_the_code_before_the_new_default() -> None:
+    """--generator paper gives, to float rounding, what the code gave before the contrastive generator
+    existed (values pinned from commit 77cee5e with this toy run and one thread)."""
+    from conftest import make_toy_dataset
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        dataset = make_toy_dataset(n_users=30, n_items=40, dims=(12, 8), seed=5)
+        config = DGMRecConfig(generator="paper", eval_every=1, epochs=3, batch_size=64, patience=50, knn_k=4,
+                              refresh_every=2, seed=11, embedding_size=16)
+        result = fit(dataset, config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    image, text = result.model.generated_features(noise=False)
+    np.testing.assert_allclose(image[:2, :3].flatten().numpy(),
+                               [-0.428101, -0.06794, 0.044596, -0.456404, 0.090272, -0.035922], atol=2e-5)
+    np.testing.assert_allclose(text[:2, :3].flatten().numpy(),
+                               [-0.440898, -0.658153, 0.036243, -0.312454, -0.718578, 0.325654], atol=2e-5)
+    assert result.history[-1]["loss"]["bpr"] == pytest.approx(0.680547, abs=2e-5)
