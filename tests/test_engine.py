@@ -496,3 +496,13 @@ def test_personalised_scores_move_items_by_a_bounded_amount() -> None:
     assert np.argsort(-combined)[0] == 3 or combined[3] <= query[3] + 0.5 * 0.8 + 1e-6
     np.testing.assert_allclose(combined - query, [0, 0, 0.2, 0.4], atol=1e-6)
     np.testing.assert_allclose(personalised_scores(query, np.ones(4)), query, atol=1e-6)
+
+
+@pytest.mark.parametrize("route", ["auto", "dgmrec", "direct", "fused"])
+def test_real_and_generated_entries_are_ranked_together_by_score(built: Built, route: str) -> None:
+    engine = built.engine
+    for hits in (engine.search_text("a red circle", target="image", k=60, route=route),
+                 engine.search_image(built.catalog.parent / "images" / "p001.png", target="text", k=60, route=route)):
+        kinds = [h.generated for h in hits]
+        assert any(kinds) and not all(kinds)  # both kinds compete in one ranking
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
