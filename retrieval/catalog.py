@@ -295,6 +295,21 @@ def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, 
     return catalog, problems
 
 
+def require_modalities(catalog: Catalog, problems: list[Problem] = ()) -> None:
+    """Refuse (``DataError``) a catalog to build from where no item has a text, or no item has an image:
+    DGMRec learns each modality from the items that have it, so it needs some of both."""
+    missing = [m for m, has in (("text", catalog.has_text), ("image", catalog.has_image)) if not has.any()]
+    if not missing:
+        return
+    skipped = sum(p.skipped == "image" for p in problems)
+    what = " or ".join(f"an {m}" if m == "image" else f"a {m}" for m in missing)
+    note = f" ({skipped} image(s) were skipped as bad)" if skipped and "image" in missing else ""
+    raise DataError(catalog.source, f"no item of the {catalog.n_items} has {what}{note}: an index needs some items "
+                                    f"with a text and some with an image to learn to generate the missing ones; "
+                                    f"fill the {' and '.join(repr(m) for m in missing)} column(s) for some items",
+                    field=missing[0])
+
+
 def load_catalog_interactions(path: str | Path, catalog: Catalog
                               ) -> tuple[list[str], list[str], np.ndarray | None]:
     """Read a CSV/TSV interactions file (``user_id``, ``item_id``, optional ``rating``, ``timestamp``).
