@@ -44,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem
+from dgmrec_core.atomic import sha256_file as _sha256
 from dgmrec_core.errors import DataError
 from dgmrec_core.versioned import current_version, publish, remove_stale, write_lock
 
@@ -584,14 +585,6 @@ def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
     out[old.shape[0]:] = new
     out.flush()
     del out
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_bundle_target(folder: str | Path, *, force: bool = False) -> None:
