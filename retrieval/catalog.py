@@ -5,8 +5,9 @@ the file: for CSV/TSV the header is line 1, for JSONL the first line is line 1.
 
 With ``skip_bad=False`` every problem is collected and raised as one :class:`DataError`. With
 ``skip_bad=True`` bad rows are dropped and reported as :class:`Problem` values. A bad image (missing,
-unreadable, corrupt, too large) never drops its item: the item stays and its image becomes missing
-(``Problem.skipped == "image"``), since DGMRec generates missing modalities anyway.
+outside the catalog file's folder, unreadable, corrupt, too large) never drops its item: the item stays
+and its image becomes missing (``Problem.skipped == "image"``), since DGMRec generates missing
+modalities anyway.
 """
 from __future__ import annotations
 
@@ -222,10 +223,21 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
+def _outside(path: Path, base: Path) -> str | None:
+    """Why ``path`` (resolved, links followed) may not be a catalog image: it lies outside ``base``."""
+    if path.is_relative_to(base):
+        return None
+    return (f"image path resolves outside the catalog's folder {base} (to {path}); images must be inside "
+            "the folder of the catalog file")
+
+
 def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | None], list[Problem]]:
-    """Resolve image paths relative to ``base``; return them (None when bad or empty) and the problems."""
+    """Resolve image paths relative to ``base`` (links followed); return them (None when bad or empty) and
+    the problems. A path that resolves outside ``base`` is a problem, never opened."""
+    base = base.resolve()
     wanted = [(base / rec.image.strip()).resolve() if rec.image and rec.image.strip() else None for rec in records]
-    todo = [p for p in wanted if p is not None]
+    outside = {i: _outside(p, base) for i, p in enumerate(wanted) if p is not None}
+    todo = [p for i, p in enumerate(wanted) if p is not None and outside[i] is None]
     workers = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
     with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_image reports those images
@@ -233,8 +245,8 @@ def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | Non
                                  leave=False, disable=len(todo) < _PROGRESS_MIN_IMAGES)))
     paths: list[Path | None] = []
     problems: list[Problem] = []
-    for rec, path in zip(records, wanted):
-        reason = None if path is None else next(reasons)
+    for i, (rec, path) in enumerate(zip(records, wanted)):
+        reason = None if path is None else outside[i] or next(reasons)
         if reason:
             problems.append(Problem(rec.row, rec.item_id, reason, skipped="image"))
         paths.append(None if reason else path)
@@ -246,7 +258,8 @@ def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, 
 
     Empty ``text``/``image`` values mean a missing modality; other columns land in ``extra``.
     Raises DataError listing every problem unless ``skip_bad``, in which case bad rows are dropped,
-    bad images are dropped from their (kept) items, and the problems are returned.
+    bad images are dropped from their (kept) items, and the problems are returned. Image paths are
+    relative to the catalog file's folder and must resolve (links followed) inside it.
     """
     path = Path(path).resolve()
     suffix = path.suffix.lower()
@@ -280,6 +293,21 @@ def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, 
     catalog = Catalog(item_ids=[rec.item_id for rec in kept], texts=texts, image_paths=image_paths,
                       source=path, extra=[rec.extra for rec in kept])
     return catalog, problems
+
+
+def require_modalities(catalog: Catalog, problems: list[Problem] = ()) -> None:
+    """Refuse (``DataError``) a catalog to build from where no item has a text, or no item has an image:
+    DGMRec learns each modality from the items that have it, so it needs some of both."""
+    missing = [m for m, has in (("text", catalog.has_text), ("image", catalog.has_image)) if not has.any()]
+    if not missing:
+        return
+    skipped = sum(p.skipped == "image" for p in problems)
+    what = " or ".join(f"an {m}" if m == "image" else f"a {m}" for m in missing)
+    note = f" ({skipped} image(s) were skipped as bad)" if skipped and "image" in missing else ""
+    raise DataError(catalog.source, f"no item of the {catalog.n_items} has {what}{note}: an index needs some items "
+                                    f"with a text and some with an image to learn to generate the missing ones; "
+                                    f"fill the {' and '.join(repr(m) for m in missing)} column(s) for some items",
+                    field=missing[0])
 
 
 def load_catalog_interactions(path: str | Path, catalog: Catalog

@@ -7,7 +7,6 @@ architectures are registered at import: ``dgmrec-tiny`` (tests) and ``dgmrec-com
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -81,14 +81,6 @@ def _cached_tag_file(tag_cfg: dict[str, Any], cache_dir: str | None) -> str | No
             return str(target)
     return None
 
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _how_to_fix(model_name: str) -> str:

@@ -22,20 +22,18 @@ folder and swaps the link with one ``os.replace``, all under the lock file ``.<n
 (``fcntl.flock``, non-blocking); so readers see the old bundle or the new one, never half of one, and a
 crash at any moment leaves one of them loadable by name. Stale temp folders and all but the previous
 version are removed by the next write. A folder written before this layout is migrated on its next write.
+The mechanics live in ``dgmrec_core.versioned`` (training runs use them too).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
 import os
 import re
 import shutil
-import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +44,9 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem
+from dgmrec_core.atomic import sha256_file as _sha256
 from dgmrec_core.errors import DataError
+from dgmrec_core.versioned import current_version, publish, remove_stale, write_lock
 
 AUTO_EXACT_MAX = 50_000  # "auto": exact search below this many rows, IVF at or above
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
@@ -587,14 +587,6 @@ def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
     del out
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def check_bundle_target(folder: str | Path, *, force: bool = False) -> None:
     """Refuse (``DataError``) to write a bundle over something that is not one, unless ``force``.
 
@@ -620,47 +612,21 @@ def check_bundle_target(folder: str | Path, *, force: bool = False) -> None:
                             "replace everything in it", field="--out")
 
 
-def _lock_path(folder: Path) -> Path:
-    return folder.parent / f".{folder.name}.lock"
-
-
-@contextmanager
-def index_lock(folder: str | Path) -> Iterator[None]:
+def index_lock(folder: str | Path) -> AbstractContextManager[None]:
     """Hold the bundle's write lock (``.<name>.lock`` beside it); ``IndexMismatch`` at once when it is held."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    path = _lock_path(folder)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise IndexMismatch(folder, f"another process is writing this index (lock {path} is held); "
-                                        "try again when it has finished") from None
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race with other writers)
-
-
-def _versions(folder: Path) -> list[Path]:
-    """Version folders of the bundle ``folder``, oldest generation first."""
-    if not folder.parent.is_dir():
-        return []
-    found = [p for p in folder.parent.glob(f".{folder.name}.v*") if p.is_dir() and not p.is_symlink()]
-    return sorted(found, key=lambda p: p.name)
+    return write_lock(folder, lambda path: IndexMismatch(
+        folder, f"another process is writing this index (lock {path} is held); try again when it has finished"))
 
 
 def _current_version(folder: Path) -> Path:
-    """The folder a bundle's files are read from: its link's target, the folder itself (older layout) or,
-    after a crash while migrating an older folder, its newest complete version."""
-    if folder.is_dir():
-        return folder.resolve() if folder.is_symlink() else folder
-    complete = [p for p in _versions(folder) if (p / META).is_file()]
-    if complete and not folder.is_symlink():
-        return complete[-1]
-    if folder.is_symlink():
-        raise IndexMismatch(folder, f"link to a missing version folder ({os.readlink(folder)})")
-    raise IndexMismatch(folder, "folder does not exist")
+    """The version folder a bundle's files are read from (see ``dgmrec_core.versioned.current_version``)."""
+    return current_version(folder, META, IndexMismatch)
+
+
+def bundle_version(folder: str | Path) -> Path:
+    """The version folder the bundle named ``folder`` resolves to now (cheap: a link read and a few stats);
+    a loaded bundle whose ``path`` differs has been replaced by a newer version."""
+    return _current_version(Path(folder))
 
 
 def file_records(folder: Path) -> dict[str, dict[str, Any]]:
@@ -710,27 +676,6 @@ def verify_bundle(folder: str | Path) -> list[str]:
     return problems
 
 
-def _remove_stale(folder: Path, keep: set[Path]) -> None:
-    """Remove leftovers of interrupted writes and old versions (call under the lock)."""
-    stale = [*folder.parent.glob(f".{folder.name}.tmp-*"), *folder.parent.glob(f".{folder.name}.old-*"),
-             *folder.parent.glob(f".{folder.name}.link-*")]
-    stale += [v for v in _versions(folder) if v not in keep]
-    for p in stale:
-        if p.is_symlink() or p.is_file():
-            p.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _point(folder: Path, version: Path, tag: str) -> None:
-    """Make ``folder`` a link to ``version`` with one rename (an older real folder becomes a version first)."""
-    link = folder.parent / f".{folder.name}.link-{tag}"
-    os.symlink(version.name, link)
-    if folder.exists() and not folder.is_symlink():
-        os.rename(folder, folder.parent / f".{folder.name}.v000000-{tag}")  # load() falls back to versions
-    os.replace(link, folder)
-
-
 def _write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], write_arrays,
                   expect_meta_sha: str | None = None) -> tuple[dict, Path]:
     """Write a whole bundle into a new version folder and switch ``folder`` to it, under the lock.
@@ -748,32 +693,25 @@ def _write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], wri
                                             or _sha256(previous / META) != expect_meta_sha):
             raise IndexMismatch(folder, "the index changed since it was loaded (another add-items or build "
                                         "finished meanwhile); nothing was written: run the command again")
-        _remove_stale(folder, keep={p for p in (previous,) if p is not None})
+        remove_stale(folder, keep={p for p in (previous,) if p is not None})
         try:
             generation = int(json.loads((previous / META).read_text()).get("generation", 0)) + 1
         except (OSError, ValueError, TypeError, AttributeError):
             generation = 1
-        tag = uuid.uuid4().hex[:8]
-        tmp = folder.parent / f".{folder.name}.tmp-{tag}"
-        version = folder.parent / f".{folder.name}.v{generation:06d}-{tag}"
-        tmp.mkdir()
-        try:
+        written = {}
+
+        def fill(tmp: Path) -> None:
             for name, index in indexes.items():
                 index.save(tmp / f"{name}.faiss")
             write_arrays(tmp)
-            meta = {**meta, "generation": generation, "checksums": file_records(tmp)}
-            text = json.dumps(meta, separators=(",", ":"))
+            written.update(meta, generation=generation, checksums=file_records(tmp))
+            text = json.dumps(written, separators=(",", ":"))
             atomic_write_text(tmp / META, text)
             atomic_write_text(tmp / META_SHA, hashlib.sha256(text.encode()).hexdigest() + "\n")
-            os.rename(tmp, version)
-            _point(folder, version, tag)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if version.exists() and not (folder.is_symlink() and folder.resolve() == version.resolve()):
-                shutil.rmtree(version, ignore_errors=True)
-            raise
-        _remove_stale(folder, keep={version, *(p for p in (previous,) if p is not None and p.parent == folder.parent)})
-    return meta, version
+
+        version = publish(folder, fill, generation)
+        remove_stale(folder, keep={version, *(p for p in (previous,) if p is not None and p.parent == folder.parent)})
+    return written, version
 
 
 # meta.json keys and the JSON types they must have

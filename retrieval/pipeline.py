@@ -31,7 +31,7 @@ from dgmrec_core.heldout import heldout_report
 from dgmrec_core.interactions import build_interactions, load_interactions
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
-from retrieval.catalog import Catalog, Problem, load_catalog
+from retrieval.catalog import Catalog, Problem, load_catalog, require_modalities
 from retrieval.completion import complete_features
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.feature_cache import MODALITIES, encode_catalog
@@ -207,6 +207,7 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
     _say(f"catalog: {catalog.n_items} items from {catalog.source} "
          f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
     report_skips(problems)
+    require_modalities(catalog, problems)
 
     if encoder is None:
         _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")

@@ -182,3 +182,31 @@ def test_interactions(shop: Path) -> None:
 
     with pytest.raises(DataError, match="'user_id'"):
         load_catalog_interactions(_write_csv(shop / "log4.csv", [["user", "item_id"], ["u1", "b"]]), catalog)
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_image_paths_outside_the_catalog_folder_are_refused(tmp_path: Path, how: str) -> None:
+    secret = _png(tmp_path / "private" / "secret.png", (9, 9, 9))
+    shop = tmp_path / "shop"
+    _png(shop / "img" / "a.png", (255, 0, 0))
+    if how == "symlink":  # a link inside the folder to a file outside it: followed, then refused
+        (shop / "img" / "link.png").symlink_to(secret)
+    ref = {"dotdot": "../private/secret.png", "absolute": str(secret), "symlink": "img/link.png"}[how]
+    path = _write_csv(shop / "cat.csv", [["item_id", "text", "image"], ["a", "x", "img/a.png"], ["b", "y", ref]])
+    with pytest.raises(DataError) as info:
+        load_catalog(path)
+    message = str(info.value)
+    assert message.count("\n") == 1 and "line 3 (item 'b')" in message and "outside the catalog's folder" in message
+    assert info.value.row == 3
+
+    catalog, problems = load_catalog(path, skip_bad=True)
+    assert [(p.row, p.item_id, p.skipped) for p in problems] == [(3, "b", "image")]
+    assert catalog.item_ids == ["a", "b"] and catalog.image_paths[1] is None
+    assert catalog.image_paths[0] == (shop / "img" / "a.png").resolve()
+
+
+def test_a_link_to_a_file_inside_the_folder_is_kept(shop: Path) -> None:
+    (shop / "img" / "alias.png").symlink_to(shop / "img" / "a.png")
+    path = _write_csv(shop / "cat.csv", [["item_id", "text", "image"], ["a", "x", "img/alias.png"]])
+    catalog, problems = load_catalog(path)
+    assert problems == [] and catalog.image_paths == [(shop / "img" / "a.png").resolve()]

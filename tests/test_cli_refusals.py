@@ -112,3 +112,27 @@ def test_resume_with_other_settings_names_the_keys(files, capsys, flags: list[st
     # more epochs is a resume, not a change
     assert main(["train", *_data_args(files), *FAST[:-4], "--epochs", "3", "--batch-size", "128", "--knn-k", "5",
                  "--out", str(run), "--resume"]) == 0
+
+
+@pytest.mark.parametrize("missing, expected", [
+    ("both", "no item of the 6 has a text or an image"),
+    ("image", "field 'image': no item of the 6 has an image"),
+    ("text", "field 'text': no item of the 6 has a text"),
+])
+def test_build_refuses_a_catalog_without_a_modality(tmp_path: Path, capsys, missing: str, expected: str) -> None:
+    from PIL import Image
+
+    (tmp_path / "img").mkdir()
+    rows = ["item_id,text,image"]
+    for i in range(6):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "img" / f"{i}.png")
+        text = "" if missing in ("both", "text") else f"thing {i}"
+        image = "" if missing in ("both", "image") else f"img/{i}.png"
+        rows.append(f"p{i},{text},{image}")
+    (tmp_path / "cat.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "inter.csv").write_text("user_id,item_id\n" + "".join(f"u{i % 2},p{i}\n" for i in range(6)))
+    out = tmp_path / "idx"
+    assert main(["build", str(tmp_path / "cat.csv"), str(tmp_path / "inter.csv"), "--out", str(out),
+                 "--model-name", "dgmrec-tiny", "--pretrained", "none"]) == 2
+    _one_error(capsys, expected)
+    assert not out.exists()

@@ -16,6 +16,7 @@ import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
 from retrieval.engine import Hit, QueryError, SearchEngine
+from retrieval.live import LiveEngine, follow
 from retrieval.pipeline import HELDOUT_EVAL
 from retrieval.showcase import (GenerationShowcase, catalog_overview, check_query_image, encoder_note,
                                 training_curves)
@@ -74,18 +75,28 @@ class ImageGuard:
     """The item photos the page may show: image files inside the bundle's folder or a catalog folder it
     records. Photos are decoded here and sent as images, so the server never hands out a file by path."""
 
-    def __init__(self, engine: SearchEngine) -> None:
-        bundle = engine.bundle
+    def __init__(self, engine: SearchEngine | LiveEngine) -> None:
+        self._engine = engine
+        self._version: Path | None = None
+        self.roots: set[Path] = set()
+        self._refused: set[str] = set()
+
+    def _follow(self) -> None:
+        """Take the roots of the index version the engine serves now (new catalogs come with add-items)."""
+        bundle = self._engine.bundle
+        if bundle.path == self._version:
+            return
         extra = bundle.meta["extra"]
         catalogs = [extra.get("catalog"), *extra.get("catalogs", [])]
         self.roots = {Path(bundle.folder).resolve(), Path(bundle.path).resolve(),
                       *(Path(c).resolve().parent for c in catalogs if isinstance(c, str) and c)}
-        self._refused: set[str] = set()
+        self._version = bundle.path
 
     def allowed(self, path: str | None) -> str | None:
         """The resolved path of an item photo the page may show, else None (a warning is logged once)."""
         if not path:
             return None
+        self._follow()
         real = Path(path).resolve()
         if real.is_file() and any(real.is_relative_to(root) for root in self.roots):
             return str(real)
@@ -181,9 +192,15 @@ def _guarded(fallback: Callable[[str], tuple]) -> Callable[[Callable[..., tuple]
 
 
 # ---------------------------------------------------------------------- the page
-def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Blocks:
-    """The page for ``engine``. ``info``: ``index`` (a name/path to show) and ``encoder`` (a sentence)."""
+def build_app(engine: SearchEngine | LiveEngine, info: dict[str, Any] | None = None) -> gr.Blocks:
+    """The page for ``engine``. ``info``: ``index`` (a name/path to show) and ``encoder`` (a sentence).
+
+    The page follows its index (:class:`retrieval.live.LiveEngine`): searches and recommendations answer
+    from each new version once it is switched in; the overview and held-out tabs show the version served
+    when the page was built.
+    """
     info = dict(info or {})
+    engine = follow(engine)
     index_name = info.get("index") or str(engine.bundle.folder)
     encoder = info.get("encoder") or encoder_note(engine.bundle.meta["extra"]["encoder"])
     overview = catalog_overview(engine)

@@ -3,18 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from dgmrec_core.atomic import atomic_write_text, own_folder_problem
+from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem, sha256_file
 from dgmrec_core.checkpoint import dataset_fingerprint, load_model
 from dgmrec_core.config import HELP, DGMRecConfig
 from dgmrec_core.data import Dataset
 from dgmrec_core.errors import DataError
 from dgmrec_core.masking import make_missing_mask, save_mask
 from dgmrec_core.mmrec import load_dataset, load_mmrec
+from dgmrec_core.versioned import current_version, generation, publish, remove_stale, write_lock
 
 BASELINES = {"lightgcn": {"use_modalities": False}, "no-generation": {"generation": False}}
 
@@ -87,8 +90,16 @@ def _write_json(path: Path, data: object) -> None:
 RUN_FILES = ("model.pt", "metrics.json", "history.json")
 
 
+def partial_folder(out: Path) -> Path:
+    """Where a run in progress keeps its checkpoint (``.RUN.partial`` beside ``RUN``) until it is published."""
+    return out.parent / f".{out.name}.partial"
+
+
 def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
     """Refuse (``DataError``) an --out that is not a run folder, or holds a run, unless --resume / --force."""
+    if (partial_folder(out) / "model.pt").is_file() and not resume and not force:
+        raise DataError(out, f"an interrupted training of this run is in {partial_folder(out)}: add --resume to "
+                             "continue it, --force to train afresh, or choose another --out", field="--out")
     problem = own_folder_problem(out)
     if problem:
         raise DataError(out, problem, field="--out")
@@ -107,6 +118,54 @@ def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
                              "train afresh over it, or choose another --out", field="--out")
 
 
+def _run_busy(out: Path) -> Callable[[Path], Exception]:
+    return lambda lock: DataError(out, f"another `dgmrec train` is writing this run (lock {lock} is held); try again "
+                                       "when it has finished, or choose another --out", field="--out")
+
+
+def _start_checkpoint(out: Path, *, resume: bool, force: bool) -> tuple[Path, bool]:
+    """The checkpoint training writes to (in ``partial_folder(out)``) and whether it was copied from the
+    published run (a resume of a finished run) rather than left by an interrupted one."""
+    work = partial_folder(out)
+    checkpoint = work / "model.pt"
+    if force and not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    if not resume or checkpoint.is_file():
+        work.mkdir(exist_ok=True)
+        return checkpoint, False
+    try:
+        published = current_version(out, "metrics.json") / "model.pt"
+    except DataError:
+        published = None
+    work.mkdir(exist_ok=True)
+    if published is None or not published.is_file():
+        return checkpoint, False
+    with atomic_path(checkpoint) as tmp:
+        shutil.copy2(published, tmp)
+    return checkpoint, True
+
+
+def publish_run(out: Path, files: dict[str, Path | str]) -> Path:
+    """Write a run's files (name -> source file, or text) as a new version of ``out``, switched in with one
+    rename (``dgmrec_core.versioned``); call under the run's lock. Returns the version folder."""
+    try:
+        previous = current_version(out, "metrics.json")
+    except DataError:
+        previous = None
+    remove_stale(out, keep={p for p in (previous,) if p is not None})
+
+    def fill(tmp: Path) -> None:
+        for name, source in files.items():
+            if isinstance(source, Path):
+                shutil.copy2(source, tmp / name)
+            else:
+                atomic_write_text(tmp / name, source)
+
+    version = publish(out, fill, generation(previous) + 1)
+    remove_stale(out, keep={version, *(p for p in (previous,) if p is not None and p.parent == out.parent)})
+    return version
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from dgmrec_core.trainer import fit
 
@@ -116,12 +175,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = load_data(args)
     out = Path(args.out)
     check_run_folder(out, resume=args.resume, force=args.force)
-    result = fit(dataset, config, checkpoint=out / "model.pt", resume=args.resume)
-    metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
-               "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
-               "config": config.to_dict()}
-    _write_json(out / "metrics.json", metrics)
-    _write_json(out / "history.json", result.history)
+    with write_lock(out, _run_busy(out)):
+        checkpoint, copied = _start_checkpoint(out, resume=args.resume, force=args.force)
+        try:
+            result = fit(dataset, config, checkpoint=checkpoint, resume=args.resume)
+        except BaseException:
+            if copied:  # nothing of this attempt to keep: the published run is unchanged
+                shutil.rmtree(checkpoint.parent, ignore_errors=True)
+            raise
+        metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
+                   "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
+                   "config": config.to_dict(), "model_sha256": sha256_file(checkpoint)}
+        publish_run(out, {"model.pt": checkpoint, "metrics.json": json.dumps(metrics, indent=2),
+                          "history.json": json.dumps(result.history, indent=2)})
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)
     print(json.dumps({"best_epoch": result.best_epoch, "test": result.test}, indent=2))
     print(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'history.json'}")
     return 0
@@ -156,13 +223,16 @@ def cmd_make_mask(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train DGMRec (or a baseline) and evaluate it",
                        description="Train on interactions and features with missing modalities; early stopping "
-                                   "on validation Recall@20; writes model.pt, metrics.json, history.json to --out.")
+                                   "on validation Recall@20; writes model.pt, metrics.json, history.json to --out. "
+                                   "The run is published whole: --out is a link to a version folder switched with "
+                                   "one rename, so a kill leaves the old run or the new one; the checkpoint of a "
+                                   "run in progress is kept in .OUT.partial beside it for --resume.")
     add_data_arguments(p)
     add_config_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="output folder for the checkpoint and metrics")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --out/model.pt if it exists (the options must match the checkpoint's, "
-                        "except --epochs)")
+                   help="continue an interrupted run (its checkpoint in .OUT.partial beside --out) or a finished "
+                        "one (--out/model.pt); the options must match the checkpoint's, except --epochs")
     p.add_argument("--force", action="store_true",
                    help="write into an --out that holds other files or a finished run (its model.pt is replaced)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
