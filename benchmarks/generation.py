@@ -134,7 +134,9 @@ def score_run(model, base: Dataset, dataset: Dataset, methods: bool) -> list[dic
     return out
 
 
-def run(datasets: list[str], seeds: list[int], epochs: int, patience: int, eval_every: int) -> list[dict[str, Any]]:
+def run(datasets: list[str], seeds: list[int], epochs: int, patience: int, eval_every: int,
+        save: Path | None = None) -> list[dict[str, Any]]:
+    """Every run's records; with ``save``, all records so far are written there after each run."""
     records = []
     for name in datasets:
         base = LOADERS[name]()
@@ -151,6 +153,9 @@ def run(datasets: list[str], seeds: list[int], epochs: int, patience: int, eval_
                     method = label if r["method"] == "dgmrec" else r["method"]
                     records.append({"dataset": name, "seed": seed, **r, "method": method,
                                     "best_epoch": result.best_epoch, "test_recall@20": result.test["recall@20"]})
+                if save is not None:
+                    save.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(save, json.dumps(records, indent=1) + "\n")
     return records
 
 
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         records = [r for path in args.merge for r in json.loads(path.read_text())]
     else:
-        records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every)
+        records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every, save=args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
