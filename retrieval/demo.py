@@ -54,7 +54,7 @@ class DemoBuild:
 
     index_dir: Path
     catalog: Path
-    interactions: Path
+    interactions: Path | None
     encoder: dict[str, Any]
     seconds: dict[str, float]
 
@@ -184,16 +184,18 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if (catalog is None) != (interactions is None):
-        raise DataError(catalog or interactions, "give both --catalog and --interactions, or neither")
+    if catalog is None and interactions is not None:
+        raise DataError(interactions, "--interactions needs --catalog (or give neither, for the sample shop)")
     if catalog is None:
         say(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
         shop = make_sample_shop(work / "sample-shop", n_items=n_items, n_users=max(1, n_items // 2))
         catalog, interactions = shop / "catalog.csv", shop / "interactions.csv"
     else:
-        say(f"[1/3] data: catalog {catalog}, interactions {interactions}")
-    catalog, interactions = Path(catalog).resolve(), Path(interactions).resolve()
-    for path in (catalog, interactions):
+        say(f"[1/3] data: catalog {catalog}, " + (f"interactions {interactions}" if interactions else
+                                                   "no interactions (search only, no recommendations)"))
+    catalog = Path(catalog).resolve()
+    interactions = None if interactions is None else Path(interactions).resolve()
+    for path in [p for p in (catalog, interactions) if p is not None]:
         if not path.is_file():
             raise DataError(path, "file not found")
     seconds["data"] = time.perf_counter() - t0
@@ -209,7 +211,8 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     config = demo_config(epochs)
     stamp_path = work / "index.stamp.json"
     stamp = {"index": str(index_dir.absolute()), "format": FORMAT_VERSION,  # not resolve(): a link to versions
-             "key": _digest(content_key, sha256_file(interactions), encoder.fingerprint(), config.to_dict())}
+             "key": _digest(content_key, interactions and sha256_file(interactions), encoder.fingerprint(),
+                            config.to_dict())}
     if _read_json(stamp_path) == stamp and (index_dir / META).is_file():
         say(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
     else:

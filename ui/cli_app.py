@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", type=Path,
                    help="your catalog instead of the sample shop (.csv/.tsv/.jsonl: item_id, text, image)")
     p.add_argument("--interactions", type=Path,
-                   help="interactions for --catalog (CSV/TSV: user_id, item_id, optional rating, timestamp)")
+                   help="interactions for --catalog (CSV/TSV: user_id, item_id, optional rating, timestamp); "
+                        "without them the page serves search only (no recommendations)")
     p.add_argument("--work", type=Path, default=Path(".cache/demo"),
                    help="cache folder of the sample shop, encoder, features and model (default .cache/demo)")
     p.add_argument("--index-name", default="sample-shop",
