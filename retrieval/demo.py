@@ -14,7 +14,6 @@ Steps and their caches, all under the work folder (default ``.cache/demo``):
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import socket
@@ -28,6 +27,7 @@ from dgmrec_core.atomic import atomic_write_text
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from retrieval.catalog import load_catalog
+from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_EPOCHS
 from retrieval.encoders import ClipEncoder, EncoderUnavailable, sha256_file
 from retrieval.finetune import finetune_clip
 from retrieval.indexes import FORMAT_VERSION, META
@@ -35,9 +35,6 @@ from retrieval.pipeline import DEFAULT_MODEL, DEFAULT_PRETRAINED, build_index, e
 from retrieval.sample_shop import make_sample_shop
 from retrieval.showcase import encoder_note
 
-ENCODER_MODES = ("auto", "pretrained", "compact")
-COMPACT_MODEL = "dgmrec-compact"
-FINETUNE_EPOCHS = int(inspect.signature(finetune_clip).parameters["epochs"].default)
 # Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
 DEMO_TRAINING = {"epochs": 40, "patience": 5}
 

@@ -34,14 +34,13 @@ from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 from retrieval.catalog import Catalog, Problem, load_catalog
 from retrieval.completion import complete_features
+from retrieval.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.feature_cache import MODALITIES, encode_catalog
 from retrieval.fused import augment_items, radius_for
 from retrieval.generation_quality import KEY as GENERATION_EVAL, generation_quality
 from retrieval.indexes import IndexBundle, check_bundle_target, normalise
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 MODEL_FILE = "model.pt"
 MAX_LISTED_SKIPS = 20
 HELDOUT_EVAL = "heldout_eval"
