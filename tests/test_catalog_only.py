@@ -136,3 +136,27 @@ def test_empty_interactions_refused_before_encoding(tmp_path: Path, content: str
         build_index(catalog, inter, tmp_path / "idx", encoder=NoEncoder(), config=CONFIG, work_dir=tmp_path / "w",
                     progress=False)
     assert "inter.csv" in str(err.value)
+
+
+def test_page_shows_no_absolute_path(catalog_only, tmp_path: Path, monkeypatch) -> None:
+    from retrieval.showcase import encoder_note, index_label
+    from ui.app import build_app
+
+    index, engine = catalog_only
+    monkeypatch.chdir(index.parent.parent)
+    config = build_app(engine, {"index": str(index.absolute())}).get_config_file()
+    by_id = {c.get("props", {}).get("elem_id"): c["props"] for c in config["components"]}
+    for elem in ("page-header", "overview-text"):
+        assert str(index.parent.parent) not in by_id[elem]["value"]
+        assert "shop (indexes/shop)" in by_id[elem]["value"]
+    assert index_label(index.absolute()) == "shop (indexes/shop)"
+
+    weights = tmp_path / "enc" / "compact.pt"
+    weights.parent.mkdir()
+    weights.write_bytes(b"x")
+    Path(str(weights) + ".json").write_text(json.dumps({"catalog": str(tmp_path / "shop" / "catalog.csv"),
+                                                         "base_pretrained": None, "n_train_pairs": 9, "epochs": 1,
+                                                         "eval_recall_at_10": 0.5}))
+    monkeypatch.chdir(tmp_path)
+    note = encoder_note({"model_name": "dgmrec-compact", "pretrained": str(weights), "seed": 0})
+    assert str(tmp_path) not in note and "shop/catalog.csv" in note and "compact.pt" in note

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from retrieval.engine import NO_USERS, Hit, QueryError, SearchEngine
 from retrieval.pipeline import HELDOUT_EVAL
 from retrieval.showcase import (GenerationShowcase, catalog_overview, check_query_image, encoder_note,
-                                training_curves)
+                                index_label, training_curves)
 from ui import plots
 
 log = logging.getLogger("dgmrec.app")
@@ -184,7 +184,7 @@ def _guarded(fallback: Callable[[str], tuple]) -> Callable[[Callable[..., tuple]
 def build_app(engine: SearchEngine, info: dict[str, Any] | None = None) -> gr.Blocks:
     """The page for ``engine``. ``info``: ``index`` (a name/path to show) and ``encoder`` (a sentence)."""
     info = dict(info or {})
-    index_name = info.get("index") or str(engine.bundle.folder)
+    index_name = index_label(info.get("index") or engine.bundle.folder)
     encoder = info.get("encoder") or encoder_note(engine.bundle.meta["extra"]["encoder"])
     overview = catalog_overview(engine)
     curves = training_curves(engine)
