@@ -122,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "without them, its generation on the items' own image-text pairs), "
                                    "generate every missing modality and write the FAISS indexes. Features "
                                    "and the model are cached, so an unchanged re-run is quick.")
-    p.add_argument("catalog", type=Path, help="catalog file (.csv, .tsv or .jsonl: item_id, text, image)")
+    p.add_argument("catalog", type=Path, help="catalog file (.csv, .tsv, .jsonl or .parquet: item_id, text, image)")
     p.add_argument("interactions", type=Path, nargs="?",
                    help="interactions file (CSV/TSV/Parquet: user_id, item_id, ...); optional: without it the "
                         "index serves search (generation trained on the items' own image-text pairs) but no "
