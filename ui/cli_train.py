@@ -1,20 +1,21 @@
-"""`dgmrec train`, `dgmrec evaluate`, `dgmrec make-mask`: the model side of the command line."""
+"""`dgmrec train`, `dgmrec evaluate`, `dgmrec make-mask`: the model side of the command line.
+
+torch and the data modules are imported by the commands that run, not here: `dgmrec --help` stays quick.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 from dataclasses import fields, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dgmrec_core.atomic import atomic_write_text, own_folder_problem
-from dgmrec_core.checkpoint import dataset_fingerprint, load_model
 from dgmrec_core.config import HELP, DGMRecConfig
-from dgmrec_core.data import Dataset
 from dgmrec_core.errors import DataError
-from dgmrec_core.masking import make_missing_mask, save_mask
-from dgmrec_core.mmrec import load_dataset, load_mmrec
+
+if TYPE_CHECKING:
+    from dgmrec_core.data import Dataset
 
 BASELINES = {"lightgcn": {"use_modalities": False}, "no-generation": {"generation": False}}
 
@@ -63,6 +64,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_data(args: argparse.Namespace) -> Dataset:
     """The dataset named by the data flags."""
+    from dgmrec_core.mmrec import load_dataset, load_mmrec
+
     if bool(args.mmrec) == bool(args.interactions):
         raise DataError(None, "give exactly one of --mmrec FOLDER or --interactions FILE")
     if args.mmrec:
@@ -108,6 +111,8 @@ def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from dgmrec_core.trainer import fit
 
     if args.threads:
@@ -128,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dgmrec_core.checkpoint import dataset_fingerprint, load_model
     from dgmrec_core.trainer import evaluate
 
     model, payload = load_model(args.checkpoint)
@@ -145,6 +151,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_make_mask(args: argparse.Namespace) -> int:
+    from dgmrec_core.masking import make_missing_mask, save_mask
+
     names = args.modalities.split(",")
     observed = make_missing_mask(args.items, len(names), args.ratio, args.seed)
     save_mask(args.out, observed, names)
