@@ -57,8 +57,9 @@ def fit_content(dataset: Dataset, config: DGMRecConfig, *, knn_fn: KnnFn = chunk
     observed = dataset.observed
     pairs = observed.sum(1) >= 2
     if int(pairs.sum()) < 2:
-        raise DataError(None, f"a catalog without interactions learns generation from items that have both an image "
-                              f"and a text; {int(pairs.sum())} of {dataset.n_items} items have both (at least 2 needed)")
+        raise DataError(None, f"a catalog without interactions learns generation from items that have both an "
+                              f"image and a text; {int(pairs.sum())} of {dataset.n_items} items have both "
+                              "(at least 2 needed)")
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     model = DGMRec(config, 0, dataset.n_items, [m.dim for m in dataset.modalities],

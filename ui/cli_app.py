@@ -117,7 +117,8 @@ def _add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR, SCRATCH_LR
+    from retrieval.defaults import (COMPACT_MODEL, ENCODER_MODES, FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR,
+                                    SCRATCH_LR)
 
     p = sub.add_parser("demo", help="build everything from the sample shop (or a catalog) and serve the page",
                        description="One command from nothing to the web page: make the sample shop (or read "
@@ -170,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"most image-text pairs per batch (default {FINETUNE_BATCH}); smaller catalogs get "
                         "smaller batches, so that an epoch has at least 8 steps")
     p.add_argument("--lr", type=float,
-                   help=f"learning rate (default {SCRATCH_LR:g} from scratch, {PRETRAINED_LR:g} from pretrained weights)")
+                   help=f"learning rate (default {SCRATCH_LR:g} from scratch, {PRETRAINED_LR:g} from pretrained "
+                        "weights)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, which follows "
                                                           "OMP_NUM_THREADS)")
