@@ -35,6 +35,7 @@ EVAL_MIN = 20  # ... and at least this many where a fifth of the pairs allows it
 MIN_STEPS_PER_EPOCH = 8
 RANDOM_LOSS_SHARE = 0.9  # a final loss above this share of ln(batch) (the loss of random features) failed
 COLLAPSE_COSINE = 0.99  # mean pairwise cosine of image features above this: the encoder collapsed
+NEAR_CHANCE = 0.25  # a held-out recall less than this share of the way from chance to 1 is 'near chance'
 _CLAUSE = re.compile(r"[.,;!?](?:\s|$)")
 
 
@@ -158,8 +159,9 @@ def weak_figures(recall: dict[int, float], chance: dict[int, float], n_eval: int
         out.append(f"only {n_eval} held-out pairs: recall@10 is 1.0 by chance; judge by recall@1 "
                    f"(chance {chance[1]:.3f}) or fine-tune on more pairs")
     for k in (1, 10):
-        if chance[k] < 1 and recall[k] < 2 * chance[k]:
-            out.append(f"held-out recall@{k} {recall[k]:.3f} is near chance ({chance[k]:.3f})")
+        if chance[k] < 1 and recall[k] - chance[k] < NEAR_CHANCE * (1 - chance[k]):
+            out.append(f"held-out recall@{k} {recall[k]:.3f} is near chance ({chance[k]:.3f}): less than "
+                       f"{NEAR_CHANCE:.0%} of the way from chance to 1")
     return out
 
 

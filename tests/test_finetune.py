@@ -16,7 +16,7 @@ from dgmrec_core.errors import DataError
 from retrieval.attribute_eval import attribute_query_hit_rate
 from retrieval.encoders import ClipEncoder
 from retrieval.finetune import (_batches, _clip_loss, _recall, _spans, batch_for, encode_text_trimmed, eval_size,
-                                failure_reasons, finetune_clip)
+                                failure_reasons, finetune_clip, weak_figures)
 from retrieval.sample_shop import make_sample_shop
 
 TINY = "dgmrec-tiny"
@@ -205,3 +205,10 @@ def test_finetune_help_shows_the_defaults_the_code_uses(capsys) -> None:
     text = " ".join(capsys.readouterr().out.split())
     assert f"default {SCRATCH_LR:g} from scratch" in text and "--threads" in text
     assert inspect.signature(finetune_clip).parameters["lr"].default is None
+
+
+def test_weak_figures() -> None:
+    assert weak_figures({1: 0.56, 10: 0.94}, {1: 0.0625, 10: 0.625}, 16) == []
+    near = weak_figures({1: 0.1, 10: 0.6}, {1: 0.05, 10: 0.5}, 20)
+    assert len(near) == 2 and all("near chance" in w for w in near)
+    assert any("by chance" in w for w in weak_figures({1: 0.4, 10: 1.0}, {1: 0.2, 10: 1.0}, 5))
