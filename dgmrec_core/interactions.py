@@ -1,6 +1,6 @@
 """Interaction files -> dense-id ``Interactions`` with a per-user train/valid/test split.
 
-Files are CSV or TSV with a header naming ``user_id`` and ``item_id`` (MMRec's ``userID`` / ``itemID``
+Files are CSV, TSV or Parquet with a header naming ``user_id`` and ``item_id`` (MMRec's ``userID`` / ``itemID``
 too), optionally ``rating``, ``timestamp`` and a split column (``x_label`` or ``split``: 0/1/2 or
 train/valid/test). IDs stay strings until :func:`build_interactions` maps them to dense ints.
 Row numbers in error messages are file line numbers (the header is line 1).
@@ -16,6 +16,7 @@ import numpy as np
 
 from .data import Interactions
 from .errors import DataError
+from .parquet import as_text, is_parquet, read_parquet
 
 SPLIT_NAMES = ("train", "valid", "test")
 _COLUMNS = {
@@ -117,11 +118,11 @@ def _parse_timestamps(path: Path, values: list[str], lines: np.ndarray, field: s
                      "timestamp is neither a number nor an ISO date") from None
 
 
-def load_interactions(path: str | Path, *, sep: str | None = None) -> InteractionTable:
-    """Read a CSV/TSV interactions file (separator from the extension or the header when ``sep`` is None)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file not found" if not path.exists() else "not a regular file")
+def _read_rows(path: Path, sep: str | None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows as text: a Parquet table's columns and cells, or a CSV/TSV file's lines."""
+    if is_parquet(path):
+        columns, rows = read_parquet(path)
+        return columns, [[as_text(row[c]) for c in columns] for row in rows]
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             first = f.readline()
@@ -130,10 +131,18 @@ def load_interactions(path: str | Path, *, sep: str | None = None) -> Interactio
                                       "user_id and item_id must come first)")
             f.seek(0)
             reader = csv.reader(f, delimiter=sep or _sniff_sep(path, first))
-            header = next(reader)
-            records = list(reader)
+            return next(reader), list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(path, f"cannot read: {exc}") from exc
+
+
+def load_interactions(path: str | Path, *, sep: str | None = None) -> InteractionTable:
+    """Read a CSV/TSV (separator from the extension or the header when ``sep`` is None) or Parquet
+    interactions file. For Parquet, row numbers count the table's rows from 2, as if it had a header line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found" if not path.exists() else "not a regular file")
+    header, records = _read_rows(path, sep)
     cols = _header_index(path, header)
     names = {role: header[i].strip() for role, i in cols.items()}
 

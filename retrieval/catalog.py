@@ -1,4 +1,4 @@
-"""Catalog ingestion: items with a text, an image, both or neither, from CSV/TSV or JSONL.
+"""Catalog ingestion: items with a text, an image, both or neither, from CSV/TSV, JSONL or Parquet.
 
 Everything is validated before anything is returned. Row numbers are the line numbers a user sees in
 the file: for CSV/TSV the header is line 1, for JSONL the first line is line 1.
@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from dgmrec_core.errors import DataError
+from dgmrec_core.parquet import is_parquet, read_parquet
 
 REQUIRED_COLUMNS = ("item_id", "text", "image")
 MAX_LISTED_PROBLEMS = 10
@@ -184,19 +185,37 @@ def _parse_jsonl(path: Path) -> tuple[list[_Record], list[Problem]]:
         if not isinstance(obj, dict):
             problems.append(Problem(line, None, f"expected a JSON object, got {type(obj).__name__}"))
             continue
-        item_id = obj.get("item_id")
-        if isinstance(item_id, int) and not isinstance(item_id, bool):
-            item_id = str(item_id)
-        if item_id is not None and not isinstance(item_id, str):
-            problems.append(Problem(line, None, "field 'item_id' must be a string or an integer"))
-            continue
-        item_id = (item_id or "").strip()
-        bad = [k for k in ("text", "image") if obj.get(k) is not None and not isinstance(obj[k], str)]
-        if bad:
-            problems.append(Problem(line, item_id or None, f"field '{bad[0]}' must be a string or null"))
-            continue
-        extra = {k: v for k, v in obj.items() if k not in REQUIRED_COLUMNS}
-        records.append(_Record(line, item_id, obj.get("text"), obj.get("image"), extra))
+        record = _object_record(line, obj)
+        (records if isinstance(record, _Record) else problems).append(record)
+    return records, problems
+
+
+def _object_record(line: int, obj: dict[str, Any]) -> _Record | Problem:
+    """One JSONL object or Parquet row as a record, or the problem with it."""
+    item_id = obj.get("item_id")
+    if isinstance(item_id, int) and not isinstance(item_id, bool):
+        item_id = str(item_id)
+    if item_id is not None and not isinstance(item_id, str):
+        return Problem(line, None, "field 'item_id' must be a string or an integer")
+    item_id = (item_id or "").strip()
+    bad = [k for k in ("text", "image") if obj.get(k) is not None and not isinstance(obj[k], str)]
+    if bad:
+        return Problem(line, item_id or None, f"field '{bad[0]}' must be a string or null")
+    extra = {k: v for k, v in obj.items() if k not in REQUIRED_COLUMNS}
+    return _Record(line, item_id, obj.get("text"), obj.get("image"), extra)
+
+
+def _parse_parquet(path: Path) -> tuple[list[_Record], list[Problem]]:
+    """Parquet rows as records; rows are numbered from 2, as if the table had a header line like a CSV file."""
+    columns, rows = read_parquet(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(path, f"missing required column(s) {', '.join(map(repr, missing))}; "
+                              f"found {', '.join(map(repr, columns))}")
+    records, problems = [], []
+    for n, row in enumerate(rows, start=2):
+        record = _object_record(n, row)
+        (records if isinstance(record, _Record) else problems).append(record)
     return records, problems
 
 
@@ -254,7 +273,7 @@ def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | Non
 
 
 def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, list[Problem]]:
-    """Load and validate a catalog (.csv, .tsv or .jsonl) with ``item_id``, ``text``, ``image``.
+    """Load and validate a catalog (.csv, .tsv, .jsonl or .parquet) with ``item_id``, ``text``, ``image``.
 
     Empty ``text``/``image`` values mean a missing modality; other columns land in ``extra``.
     Raises DataError listing every problem unless ``skip_bad``, in which case bad rows are dropped,
@@ -267,8 +286,10 @@ def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, 
         records, problems = _parse_jsonl(path)
     elif suffix in (".csv", ".tsv"):
         records, problems = _parse_csv(path)
+    elif is_parquet(path):
+        records, problems = _parse_parquet(path)
     else:
-        raise DataError(path, "unknown catalog format: expected a .csv, .tsv or .jsonl file")
+        raise DataError(path, "unknown catalog format: expected a .csv, .tsv, .jsonl or .parquet file")
 
     kept: list[_Record] = []
     first_line: dict[str, int] = {}

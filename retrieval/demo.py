@@ -14,7 +14,6 @@ Steps and their caches, all under the work folder (default ``.cache/demo``):
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import socket
@@ -28,6 +27,7 @@ from dgmrec_core.atomic import atomic_write_text
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from retrieval.catalog import load_catalog
+from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_EPOCHS
 from retrieval.encoders import ClipEncoder, EncoderUnavailable, sha256_file
 from retrieval.finetune import finetune_clip
 from retrieval.indexes import FORMAT_VERSION, META
@@ -35,9 +35,6 @@ from retrieval.pipeline import DEFAULT_MODEL, DEFAULT_PRETRAINED, build_index, e
 from retrieval.sample_shop import make_sample_shop
 from retrieval.showcase import encoder_note
 
-ENCODER_MODES = ("auto", "pretrained", "compact")
-COMPACT_MODEL = "dgmrec-compact"
-FINETUNE_EPOCHS = int(inspect.signature(finetune_clip).parameters["epochs"].default)
 # Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
 DEMO_TRAINING = {"epochs": 40, "patience": 5}
 
@@ -54,7 +51,7 @@ class DemoBuild:
 
     index_dir: Path
     catalog: Path
-    interactions: Path
+    interactions: Path | None
     encoder: dict[str, Any]
     seconds: dict[str, float]
 
@@ -184,16 +181,18 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    if (catalog is None) != (interactions is None):
-        raise DataError(catalog or interactions, "give both --catalog and --interactions, or neither")
+    if catalog is None and interactions is not None:
+        raise DataError(interactions, "--interactions needs --catalog (or give neither, for the sample shop)")
     if catalog is None:
         say(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
         shop = make_sample_shop(work / "sample-shop", n_items=n_items, n_users=max(1, n_items // 2))
         catalog, interactions = shop / "catalog.csv", shop / "interactions.csv"
     else:
-        say(f"[1/3] data: catalog {catalog}, interactions {interactions}")
-    catalog, interactions = Path(catalog).resolve(), Path(interactions).resolve()
-    for path in (catalog, interactions):
+        say(f"[1/3] data: catalog {catalog}, " + (f"interactions {interactions}" if interactions else
+                                                   "no interactions (search only, no recommendations)"))
+    catalog = Path(catalog).resolve()
+    interactions = None if interactions is None else Path(interactions).resolve()
+    for path in [p for p in (catalog, interactions) if p is not None]:
         if not path.is_file():
             raise DataError(path, "file not found")
     seconds["data"] = time.perf_counter() - t0
@@ -209,7 +208,8 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     config = demo_config(epochs)
     stamp_path = work / "index.stamp.json"
     stamp = {"index": str(index_dir.absolute()), "format": FORMAT_VERSION,  # not resolve(): a link to versions
-             "key": _digest(content_key, sha256_file(interactions), encoder.fingerprint(), config.to_dict())}
+             "key": _digest(content_key, interactions and sha256_file(interactions), encoder.fingerprint(),
+                            config.to_dict())}
     if _read_json(stamp_path) == stamp and (index_dir / META).is_file():
         say(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
     else:

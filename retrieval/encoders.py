@@ -87,7 +87,7 @@ def _how_to_fix(model_name: str) -> str:
     return (f"Supply weights in one of these ways: a local checkpoint file for '{model_name}' "
             f"(--pretrained /path/to/weights.pt|.safetensors); pretrained=None (--pretrained none) for "
             f"seeded random weights (tests and smoke runs only); or train a compact encoder on your "
-            f"catalog with `dgmrec finetune-encoder` and pass its checkpoint with --model dgmrec-compact.")
+            f"catalog with `dgmrec finetune-encoder` and pass its checkpoint with --model-name dgmrec-compact.")
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:

@@ -38,6 +38,9 @@ RERANK_POOL_FACTOR = 3  # personalised search reorders the anonymous top (factor
 RERANK_POOL_MIN = 30
 RERANK_WEIGHT = 0.5  # ... moving an item by at most this share of the pool's query-score range
 MAX_K = 1000
+NO_USERS = ("this index was built from a catalog alone (no interactions file): it has no users, so no "
+            "recommendations and no personalised search; build it with an interactions file for those "
+            "(dgmrec build CATALOG INTERACTIONS)")
 
 
 class QueryError(ValueError):
@@ -135,6 +138,11 @@ class SearchEngine:
         """External ids of the users the model was trained on."""
         return list(self._users)
 
+    @property
+    def has_users(self) -> bool:
+        """False for an index built from a catalog alone: search only, no recommendations."""
+        return bool(self._users)
+
     def item(self, item_id: str) -> Item:
         """The indexed item ``item_id``; ``QueryError`` when it is not in the index."""
         try:
@@ -167,6 +175,8 @@ class SearchEngine:
                     title=attrs.pop("title", None), extra=attrs)
 
     def _user(self, user_id: str | None) -> int:
+        if not self._users:
+            raise QueryError(NO_USERS)
         if user_id is None or str(user_id) not in self._user_row:
             sample = ", ".join(self._users[:5]) + (", ..." if len(self._users) > 5 else "")
             raise QueryError(f"unknown user id {user_id!r}: the index knows {len(self._users)} users "

@@ -25,6 +25,7 @@ import torch
 from dgmrec_core.checkpoint import (dataset_fingerprint, load_model, model_shape, model_state, read_checkpoint,
                                     save_checkpoint)
 from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.content_training import fit_content
 from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import heldout_report
@@ -33,14 +34,13 @@ from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 from retrieval.catalog import Catalog, Problem, load_catalog, require_modalities
 from retrieval.completion import complete_features
+from retrieval.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.feature_cache import MODALITIES, encode_catalog
 from retrieval.fused import augment_items, radius_for
 from retrieval.generation_quality import KEY as GENERATION_EVAL, generation_quality
 from retrieval.indexes import IndexBundle, check_bundle_target, normalise
 
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 MODEL_FILE = "model.pt"
 MAX_LISTED_SKIPS = 20
 HELDOUT_EVAL = "heldout_eval"
@@ -100,6 +100,12 @@ def _interactions(path: Path, catalog: Catalog, *, skip_bad: bool, seed: int) ->
     return inter, dropped
 
 
+def no_users(catalog: Catalog) -> Interactions:
+    """The interactions of a catalog given alone: its items, no users, empty splits."""
+    empty = np.zeros((0, 2), dtype=np.int64)
+    return Interactions(0, catalog.n_items, empty, empty.copy(), empty.copy(), [], list(catalog.item_ids))
+
+
 def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: bool) -> tuple[DGMRec, dict]:
     """The trained model and its slim checkpoint payload; reused when data and config are unchanged."""
     final, partial = work_dir / MODEL_FILE, work_dir / "training.pt"
@@ -119,16 +125,24 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
     if matches(final):
         _say(f"train: reusing {final} (same data fingerprint and config)")
         return load_model(final)
-    resume = matches(partial)
-    _say(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
-         + (f" (resuming {partial})" if resume else ""))
-    result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
+    if dataset.n_users == 0:
+        _say(f"train: no interactions: DGMRec's generation on the {dataset.n_items} items' own image-text pairs "
+             f"(no users: no recommendations, no personalisation), {config.epochs} epochs")
+        result = fit_content(dataset, config, progress=progress)
+    else:
+        resume = matches(partial)
+        _say(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
+             + (f" (resuming {partial})" if resume else ""))
+        result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
     model = result.model
     model.eval()
     payload = {"config": wanted, "shape": model_shape(model), "fingerprint": fingerprint,
                "history": result.history, "best": model_state(model), "best_epoch": result.best_epoch,
                "metrics": {"valid": result.valid, "test": result.test}}
     save_checkpoint(final, payload)
+    if dataset.n_users == 0:
+        _say(f"train: {result.best_epoch} epochs, final loss {sum(result.history[-1]['loss'].values()):.4f}")
+        return model, payload
     _say(f"train: best epoch {result.best_epoch}, test recall@20 {result.test.get('recall@20', float('nan')):.4f}")
     return model, payload
 
@@ -179,12 +193,15 @@ def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
     return [None if p is None else os.path.relpath(Path(p).resolve(), base) for p in paths]
 
 
-def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir: str | Path, *,
+def build_index(catalog_path: str | Path, interactions_path: str | Path | None, out_dir: str | Path, *,
                 model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
                 encoder: ClipEncoder | None = None, encoder_seed: int = 0, config: DGMRecConfig | None = None,
                 work_dir: str | Path | None = None, skip_bad: bool = False, holdout: float = 0.05,
                 seed: int | None = None, kind: str = "auto", progress: bool = True, force: bool = False) -> Path:
     """Catalog + interactions -> trained DGMRec -> completed features -> index bundle at ``out_dir``.
+
+    ``interactions_path`` None: a catalog alone; DGMRec's generation trains on the items' own pairs
+    (``dgmrec_core.content_training``) and the index serves search, not recommendations.
 
     ``encoder`` (else ``model_name``/``pretrained``/``encoder_seed``) encodes the catalog; features and
     the model are cached in ``work_dir`` (default ``<out_dir>.work`` beside it), so an unchanged re-run
@@ -208,6 +225,16 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
          f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
     report_skips(problems)
     require_modalities(catalog, problems)
+    # Interactions are read (and a header-only file refused) before anything is encoded.
+    if interactions_path is None:
+        inter, dropped = no_users(catalog), 0
+    else:
+        inter, dropped = _interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
+    if dropped:
+        _say(f"skipped: {dropped} interaction(s) of items not in the catalog")
+    _say(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
+         f"{len(inter.test)} test" if interactions_path is not None else
+         "interactions: none given: search only (generation trained on the items' own pairs; no recommendations)")
 
     if encoder is None:
         _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
@@ -215,12 +242,6 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path, out_dir
     encoded = encode_catalog(catalog, encoder, work_dir / "features")
     _say(f"features: {encoder.model_name}, dim {encoder.embed_dim}; newly encoded "
          + ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()) + f" (cache {work_dir / 'features'})")
-
-    inter, dropped = _interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
-    if dropped:
-        _say(f"skipped: {dropped} interaction(s) of items not in the catalog")
-    _say(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
-         f"{len(inter.test)} test")
 
     held = choose_holdout(encoded.observed, holdout, seed)
     observed = {m: encoded.observed[m].copy() for m in MODALITIES}

@@ -7,6 +7,7 @@ neighbours of each held-out item's generated feature, and the checks on uploaded
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,19 @@ class GenerationShowcase:
                            neighbours=neighbours, eval=self._eval.get((m, item_id)))
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` as the page shows it: relative to the working folder, never the machine's absolute path."""
+    try:
+        return os.path.relpath(Path(path).absolute())
+    except ValueError:  # another drive (Windows): the name alone
+        return Path(path).name
+
+
+def index_label(folder: str | Path) -> str:
+    """'NAME (path relative to the working folder)': how the page names an index."""
+    return f"{Path(folder).name} ({shown_path(folder)})"
+
+
 def encoder_note(spec: dict[str, Any]) -> str:
     """A sentence naming an index's encoder (``encoder_spec``): pretrained tag, fine-tuned compact model
     (described from its checkpoint's training record) or random weights."""
@@ -155,10 +169,10 @@ def encoder_note(spec: dict[str, Any]) -> str:
         return f"pretrained open_clip {spec['model_name']} ({weights})"
     record = _read_json(Path(weights + ".json"))
     if record is None:
-        return f"open_clip {spec['model_name']} with weights from {weights}"
+        return f"open_clip {spec['model_name']} with weights from {shown_path(weights)}"
     base = record.get("base_pretrained")
     return (f"fine-tuned {'compact ' if spec['model_name'].endswith('compact') else ''}open_clip model "
-            f"{spec['model_name']} trained on the image-text pairs of {record['catalog']} "
+            f"{spec['model_name']} trained on the image-text pairs of {shown_path(record['catalog'])} "
             f"({'from ' + base if base else 'from scratch'}, {record['n_train_pairs']} pairs, "
             f"{record['epochs']} epochs; held-out text->image recall@10 {record['eval_recall_at_10']:.2f}; "
             f"checkpoint {Path(weights).name})")

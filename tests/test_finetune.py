@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from PIL import Image
 from dgmrec_core.errors import DataError
 from retrieval.attribute_eval import attribute_query_hit_rate
 from retrieval.encoders import ClipEncoder
-from retrieval.finetune import _clip_loss, encode_text_trimmed, finetune_clip
+from retrieval.finetune import (_batches, _clip_loss, _recall, _spans, batch_for, encode_text_trimmed, eval_size,
+                                failure_reasons, finetune_clip, weak_figures)
 from retrieval.sample_shop import make_sample_shop
 
 TINY = "dgmrec-tiny"
@@ -132,3 +134,81 @@ def test_attribute_hit_rate_rejects_bad_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="colour"):
         attribute_query_hit_rate(tmp_path / "plain.csv", lambda text: ["1"])
 
+
+
+def test_small_catalog_adapts_the_batch_and_reports_chance(tmp_path: Path) -> None:
+    from test_engine import make_shop
+
+    catalog, _ = make_shop(tmp_path / "shop", n_items=45)  # 29 items with both an image and a text
+    record = finetune_clip(catalog, tmp_path / "m.pt", model_name=TINY, epochs=2, seed=0, device="cpu")
+    n_eval, n_train = record["n_eval_pairs"], record["n_train_pairs"]
+    assert n_eval + n_train == 29 and n_eval == eval_size(29) == 5
+    assert record["batch_size_requested"] == 32 and record["batch_size"] == 3 and record["steps_per_epoch"] == 8
+    assert record["batch_size"] * record["steps_per_epoch"] == n_train  # no pair dropped
+    assert record["chance_recall_at_1"] == pytest.approx(1 / n_eval)
+    assert record["chance_recall_at_10"] == 1.0 and any("by chance" in w for w in record["warnings"])
+    assert record["random_loss"] == pytest.approx(np.log(3), abs=1e-4)
+    assert 0 <= record["image_feature_mean_cosine"] <= 1 and isinstance(record["failed"], list)
+
+
+def test_batches_and_held_out_sizes() -> None:
+    assert _spans(10, 4) == [(0, 4), (4, 8), (8, 10)] and _spans(9, 4) == [(0, 4), (4, 8)]
+    assert _spans(3, 2) == [(0, 2)] and _spans(2, 2) == [(0, 2)]
+    rng = np.random.default_rng(0)
+    assert sorted(np.concatenate(_batches(10, 4, rng)).tolist()) == list(range(10))
+    assert batch_for(450, 128) == 56 and batch_for(81, 128) == 10 and batch_for(10, 128) == 2
+    assert batch_for(100_000, 32) == 32
+    assert eval_size(90) == 18 and eval_size(500) == 50 and eval_size(20) == 4 and eval_size(5) == 2
+
+
+class _CollapsedEncoder:
+    """Every image encodes to the same vector: what the 90-pair catalog of the issue ended with."""
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        x = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def encode_images(self, images: list[Path]) -> np.ndarray:
+        return np.tile(np.eye(8, dtype=np.float32)[:1], (len(images), 1))
+
+
+def test_collapse_and_random_loss_are_failures() -> None:
+    recall, cosine = _recall(_CollapsedEncoder(), ["t"] * 10, [Path("x")] * 10)
+    assert cosine == pytest.approx(1.0) and recall[1] == 0.0  # ties count against the item
+    reasons = failure_reasons(0.5, 16, cosine)
+    assert len(reasons) == 1 and "collapsed" in reasons[0]
+    reasons = failure_reasons(2.7, 16, 0.3)  # ln 16 = 2.77
+    assert len(reasons) == 1 and "random level" in reasons[0]
+    assert failure_reasons(1.0, 16, 0.5) == []
+
+
+def test_cli_refuses_to_recommend_a_failed_encoder(tmp_path: Path, monkeypatch, capsys) -> None:
+    import retrieval.finetune as finetune
+    from ui.cli import main
+
+    record = {"n_eval_pairs": 9, "eval_recall_at_1": 0.1, "chance_recall_at_1": 0.111, "eval_recall_at_10": 1.0,
+              "chance_recall_at_10": 1.0, "batch_size": 10, "steps_per_epoch": 8, "warnings": ["w"],
+              "failed": failure_reasons(2.3, 10, 1.0)}
+    monkeypatch.setattr(finetune, "finetune_clip", lambda *a, **k: record)
+    code = main(["finetune-encoder", "--catalog", "c.csv", "--out", str(tmp_path / "e.pt"), "--threads", "1"])
+    out = capsys.readouterr()
+    assert code == 1 and "FAILED" in out.err and "collapsed" in out.err and "random level" in out.err
+    assert "use it with" not in out.out and "chance 1.000" in out.out
+
+
+def test_finetune_help_shows_the_defaults_the_code_uses(capsys) -> None:
+    from retrieval.defaults import SCRATCH_LR
+    from ui.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune-encoder", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default {SCRATCH_LR:g} from scratch" in text and "--threads" in text
+    assert inspect.signature(finetune_clip).parameters["lr"].default is None
+
+
+def test_weak_figures() -> None:
+    assert weak_figures({1: 0.56, 10: 0.94}, {1: 0.0625, 10: 0.625}, 16) == []
+    near = weak_figures({1: 0.1, 10: 0.6}, {1: 0.05, 10: 0.5}, 20)
+    assert len(near) == 2 and all("near chance" in w for w in near)
+    assert any("by chance" in w for w in weak_figures({1: 0.4, 10: 1.0}, {1: 0.2, 10: 1.0}, 5))

@@ -81,11 +81,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune_encoder(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from retrieval.finetune import finetune_clip
 
     record = finetune_clip(args.catalog, args.out, model_name=args.model_name, base_pretrained=args.base_pretrained,
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(json.dumps({k: v for k, v in record.items() if k != "loss_curve"}, indent=2))
+    print(f"held-out text->image ({record['n_eval_pairs']} pairs): recall@1 {record['eval_recall_at_1']:.3f} "
+          f"(chance {record['chance_recall_at_1']:.3f}), recall@10 {record['eval_recall_at_10']:.3f} "
+          f"(chance {record['chance_recall_at_10']:.3f}); batch {record['batch_size']}, "
+          f"{record['steps_per_epoch']} steps per epoch")
+    for warning in record["warnings"]:
+        print(f"warning: {warning}")
+    if record["failed"]:
+        print(f"fine-tuning FAILED: {'; '.join(record['failed'])}. Do not build with {args.out} (kept only to "
+              "inspect); try more epochs, another --lr, or more image-text pairs.", file=sys.stderr)
+        return 1
     print(f"saved {args.out} (record in {args.out}.json); use it with: "
           f"dgmrec build ... --model-name {args.model_name} --pretrained {args.out}")
     return 0
@@ -103,7 +117,8 @@ def _add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from retrieval.demo import ENCODER_MODES, FINETUNE_EPOCHS
+    from retrieval.defaults import (COMPACT_MODEL, ENCODER_MODES, FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR,
+                                    SCRATCH_LR)
 
     p = sub.add_parser("demo", help="build everything from the sample shop (or a catalog) and serve the page",
                        description="One command from nothing to the web page: make the sample shop (or read "
@@ -115,7 +130,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--catalog", type=Path,
                    help="your catalog instead of the sample shop (.csv/.tsv/.jsonl: item_id, text, image)")
     p.add_argument("--interactions", type=Path,
-                   help="interactions for --catalog (CSV/TSV: user_id, item_id, optional rating, timestamp)")
+                   help="interactions for --catalog (CSV/TSV: user_id, item_id, optional rating, timestamp); "
+                        "without them the page serves search only (no recommendations)")
     p.add_argument("--work", type=Path, default=Path(".cache/demo"),
                    help="cache folder of the sample shop, encoder, features and model (default .cache/demo)")
     p.add_argument("--index-name", default="sample-shop",
@@ -145,14 +161,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--model-name, and FILE.json with the training record and held-out recall.")
     p.add_argument("--catalog", type=Path, required=True, help="catalog file (.csv/.tsv/.jsonl: item_id, text, image)")
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write (e.g. encoders/shop.pt)")
-    p.add_argument("--model-name", default="dgmrec-compact",
-                   help="open_clip architecture (default dgmrec-compact, sized for a CPU)")
+    p.add_argument("--model-name", default=COMPACT_MODEL,
+                   help=f"open_clip architecture (default {COMPACT_MODEL}, sized for a CPU)")
     p.add_argument("--base-pretrained",
                    help="start from these weights: an open_clip pretrained tag or a checkpoint file "
                         "(default: from scratch)")
     p.add_argument("--epochs", type=int, default=FINETUNE_EPOCHS, help=f"training epochs (default {FINETUNE_EPOCHS})")
-    p.add_argument("--batch-size", type=int, default=128, help="image-text pairs per batch (default 128)")
+    p.add_argument("--batch-size", type=int, default=FINETUNE_BATCH,
+                   help=f"most image-text pairs per batch (default {FINETUNE_BATCH}); smaller catalogs get "
+                        "smaller batches, so that an epoch has at least 8 steps")
     p.add_argument("--lr", type=float,
-                   help="learning rate (default 5e-4 from scratch, 1e-5 from pretrained weights)")
+                   help=f"learning rate (default {SCRATCH_LR:g} from scratch, {PRETRAINED_LR:g} from pretrained "
+                        "weights)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default, which follows "
+                                                          "OMP_NUM_THREADS)")
     p.set_defaults(func=cmd_finetune_encoder)

@@ -117,12 +117,16 @@ def _add_index_argument(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("build", help="build a searchable index from a catalog and interactions",
-                       description="Encode the catalog with open_clip, train DGMRec on the interactions, "
+    p = sub.add_parser("build", help="build a searchable index from a catalog (and interactions)",
+                       description="Encode the catalog with open_clip, train DGMRec on the interactions (or, "
+                                   "without them, its generation on the items' own image-text pairs), "
                                    "generate every missing modality and write the FAISS indexes. Features "
                                    "and the model are cached, so an unchanged re-run is quick.")
-    p.add_argument("catalog", type=Path, help="catalog file (.csv, .tsv or .jsonl: item_id, text, image)")
-    p.add_argument("interactions", type=Path, help="interactions file (CSV/TSV: user_id, item_id, ...)")
+    p.add_argument("catalog", type=Path, help="catalog file (.csv, .tsv, .jsonl or .parquet: item_id, text, image)")
+    p.add_argument("interactions", type=Path, nargs="?",
+                   help="interactions file (CSV/TSV/Parquet: user_id, item_id, ...); optional: without it the "
+                        "index serves search (generation trained on the items' own image-text pairs) but no "
+                        "recommendations or personalisation")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", help="index name: written to ./indexes/NAME")
     where.add_argument("--out", type=Path, help="index folder to write")

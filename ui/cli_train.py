@@ -1,4 +1,7 @@
-"""`dgmrec train`, `dgmrec evaluate`, `dgmrec make-mask`: the model side of the command line."""
+"""`dgmrec train`, `dgmrec evaluate`, `dgmrec make-mask`: the model side of the command line.
+
+torch and the data modules are imported by the commands that run, not here: `dgmrec --help` stays quick.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,17 +10,15 @@ import shutil
 from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem, sha256_file
-from dgmrec_core.checkpoint import dataset_fingerprint, load_model
 from dgmrec_core.config import HELP, DGMRecConfig
-from dgmrec_core.data import Dataset
 from dgmrec_core.errors import DataError
-from dgmrec_core.masking import make_missing_mask, save_mask
-from dgmrec_core.mmrec import load_dataset, load_mmrec
 from dgmrec_core.versioned import current_version, generation, publish, remove_stale, write_lock
+
+if TYPE_CHECKING:
+    from dgmrec_core.data import Dataset
 
 BASELINES = {"lightgcn": {"use_modalities": False}, "no-generation": {"generation": False}}
 
@@ -66,6 +67,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_data(args: argparse.Namespace) -> Dataset:
     """The dataset named by the data flags."""
+    from dgmrec_core.mmrec import load_dataset, load_mmrec
+
     if bool(args.mmrec) == bool(args.interactions):
         raise DataError(None, "give exactly one of --mmrec FOLDER or --interactions FILE")
     if args.mmrec:
@@ -167,6 +170,8 @@ def publish_run(out: Path, files: dict[str, Path | str]) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from dgmrec_core.trainer import fit
 
     if args.threads:
@@ -195,6 +200,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from dgmrec_core.checkpoint import dataset_fingerprint, load_model
     from dgmrec_core.trainer import evaluate
 
     model, payload = load_model(args.checkpoint)
@@ -212,6 +218,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_make_mask(args: argparse.Namespace) -> int:
+    from dgmrec_core.masking import make_missing_mask, save_mask
+
     names = args.modalities.split(",")
     observed = make_missing_mask(args.items, len(names), args.ratio, args.seed)
     save_mask(args.out, observed, names)
