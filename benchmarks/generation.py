@@ -48,7 +48,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 ML100K = ROOT.parent / "shared" / "data" / "movielens100k-posters" / "mmrec"
 SHOP_INDEX = ROOT / "indexes" / "sample-shop"
 SHOP_DATA = ROOT / ".cache" / "demo" / "sample-shop"
-GENERATORS = {"default": "contrastive", "paper": "paper"}
+VARIANTS = {"default": {}, "paper": {"generator": "paper"},
+            "default-no-refit": {"gen_refit_steps": 0}, "default-no-calibration": {"gen_calibration": False}}
 log = logging.getLogger("generation")
 
 
@@ -135,16 +136,16 @@ def score_run(model, base: Dataset, dataset: Dataset, methods: bool) -> list[dic
 
 
 def run(datasets: list[str], seeds: list[int], epochs: int, patience: int, eval_every: int,
-        save: Path | None = None) -> list[dict[str, Any]]:
+        variants: list[str], save: Path | None = None) -> list[dict[str, Any]]:
     """Every run's records; with ``save``, all records so far are written there after each run."""
     records = []
     for name in datasets:
         base = LOADERS[name]()
         for seed in seeds:
             dataset = masked(base, seed)
-            for label, generator in GENERATORS.items():
-                config = replace(DGMRecConfig(), generator=generator, seed=seed, epochs=epochs, patience=patience,
-                                 eval_every=eval_every)
+            for label in variants:
+                config = replace(DGMRecConfig(), seed=seed, epochs=epochs, patience=patience, eval_every=eval_every,
+                                 **VARIANTS[label])
                 started = time.perf_counter()
                 result = fit(dataset, config, progress=False)
                 log.info("%s seed %d %s: best epoch %d, test recall@20 %.4f (%.0f s)", name, seed, label,
@@ -170,7 +171,7 @@ def table(records: list[dict[str, Any]]) -> list[str]:
     lines = ["| dataset | generated | group | method | n | chance Hit@10 | Hit@10 | Hit@20 | median rank | "
              "pairwise cos gen / real | spread gen/real |", "|" + "---|" * 11]
     keys = sorted({(r["dataset"], r["generated"], r["group"]) for r in records}, key=lambda k: (k[0], k[1], k[2] != "one"))
-    order = ["default", "paper", "nn", "ridge", "mean", "direct"]
+    order = [*VARIANTS, "nn", "ridge", "mean", "direct"]
     for key in keys:
         mine = [r for r in records if (r["dataset"], r["generated"], r["group"]) == key]
         for method in [m for m in order if any(r["method"] == m for r in mine)]:
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=10, help="validations without improvement before stopping")
     parser.add_argument("--eval-every", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["default", "paper"],
+                        help="generators to train (the references are scored with the first)")
     parser.add_argument("--out", type=Path, default=RESULTS / "generation.json")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="combine these result files (runs made in parallel) into --out instead of running")
@@ -200,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge:
         records = [r for path in args.merge for r in json.loads(path.read_text())]
     else:
-        records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every, save=args.out)
+        records = run(args.datasets, args.seeds, args.epochs, args.patience, args.eval_every, args.variants,
+                      save=args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(records, indent=1) + "\n")
     command = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])

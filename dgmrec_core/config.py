@@ -45,6 +45,7 @@ class DGMRecConfig:
     generator: str = "contrastive"
     gen_temp: float = 0.1
     gen_weight: float = 1.0
+    gen_refit_steps: int = 1000
     gen_calibration: bool = True
     generation: bool = True
     use_modalities: bool = True
@@ -104,7 +105,7 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "inter_modal_temp": (0, True), "intra_modal": (0, False), "intra_modal_temp": (0, True), "align_bm": (0, False),
     "align_bm_temp": (0, True), "recon": (0, False), "reg": (0, False), "reg_id": (0, False), "sampler": (0, False),
     "club_steps": (0, False), "club_lr": (0, True), "lr": (0, True), "batch_size": (0, True), "epochs": (0, True),
-    "patience": (0, True), "eval_every": (0, True), "gen_temp": (0, True), "gen_weight": (0, False),
+    "patience": (0, True), "eval_every": (0, True), "gen_temp": (0, True), "gen_weight": (0, False), "gen_refit_steps": (0, False),
 }
 
 HELP: dict[str, str] = {
@@ -149,6 +150,9 @@ HELP: dict[str, str] = {
                  "'paper': exactly the published method (MSE losses only; space set by generation_space)",
     "gen_temp": "temperature of the contrastive generator's InfoNCE (generated feature vs the batch's real features)",
     "gen_weight": "contrastive generator: weight of the end-to-end generation loss (InfoNCE + MSE of the whole chain)",
+    "gen_refit_steps": "contrastive generator: steps of the refit after training (its own copy of the general "
+                       "encoder, translators, specific generators and decoders fitted on the items' own modality pairs; "
+                       "recommendation scores unchanged); 0 = off",
     "gen_calibration": "contrastive generator: match each generated dimension's mean and spread to the real "
                        "features' (off = raw decoder output)",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",

@@ -25,6 +25,12 @@ def _mlp(d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
 
 
+def _catalog_mean(f: torch.Tensor) -> torch.Tensor:
+    """Mean of item preference filters ``f`` (n, d) over the items with interactions (non-zero rows)."""
+    has = f.abs().sum(1) > 0
+    return f[has].mean(0) if has.any() else f.mean(0)
+
+
 def _xavier(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
@@ -56,6 +62,10 @@ class DGMRec(nn.Module):
                                              for b in range(len(dims)) if a != b})
             self.club = nn.ModuleList(CLUB(d) for _ in dims)
             _xavier(self)
+            with torch.random.fork_rng():  # the generator's own copy of the general encoder, filled by the
+                self.gen_enc_general = nn.ModuleList(nn.Linear(dm, d) for dm in dims)  # refit: draws no
+                self.gen_shared = nn.Linear(d, d)  # random numbers, so the paper's runs stay as they were
+            self.register_buffer("gen_refitted", torch.zeros((), dtype=torch.bool))
             for m, dm in enumerate(dims):
                 feat = torch.zeros(n_items, dm)
                 if config.train_features:
@@ -149,6 +159,13 @@ class DGMRec(nn.Module):
         """General part g_m = sigmoid(W_shared tanh(W_m x))."""
         return torch.sigmoid(self.shared(torch.tanh(self.enc_general[m](x))))
 
+    def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """The general part generation translates: the generator's refitted copy of the general encoder
+        once ``refit_generation`` ran, else the general encoder itself."""
+        if not bool(self.gen_refitted):
+            return self.general(m, x)
+        return torch.sigmoid(self.gen_shared(torch.tanh(self.gen_enc_general[m](x))))
+
     def specific(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """Specific part s_m = sigmoid(W'_m x)."""
         return torch.sigmoid(self.enc_specific[m](x))
@@ -168,10 +185,7 @@ class DGMRec(nn.Module):
         Cached in eval mode (queries call it); recomputed while training.
         """
         if self.training or self._mean_filters is None:
-            filters = []
-            for f in self.item_filters():
-                has = f.abs().sum(1) > 0
-                filters.append(f[has].mean(0) if has.any() else f.mean(0))
+            filters = [_catalog_mean(f) for f in self.item_filters()]
             if self.training:
                 return filters[m]
             self._mean_filters = filters
@@ -261,14 +275,19 @@ class DGMRec(nn.Module):
                 if len(both):
                     gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
                     if self.contrastive:
-                        chain = chain + self._chain_loss(a, b, g[a][both], f[b][both], self.features(b)[both])
+                        chain = chain + self._chain_loss(a, b, g[a][both], _catalog_mean(f[b]), self.features(b)[both])
                 if a < b:
                     inter = inter + nce(g[a][both], g[b][both], c.inter_modal_temp)
                     inter = inter + nce(gu[a], gu[b], c.inter_modal_temp, U, U)
+        means = [self.features(a)[batch_items[obs[:, a]]].mean(0) if obs[:, a].any() else None for a in range(M)]
+        # (the preference chain reads f detached: it teaches generation to use the users' preference, and must
+        # not bend the user embeddings toward content, which costs recommendation)
         for m in range(M):
             has = batch_items[obs[:, m]]
             if len(has):
                 gen = gen + F.mse_loss(self.gen_specific[m](perturb(f[m][has])), s[m][has])
+                if self.contrastive and M > 1:
+                    chain = chain + self._preference_chain_loss(m, means, f[m][has].detach(), self.features(m)[has])
         club = sum(self.club[m](sf[m], gf[m]) for m in range(M))
         g_u, g_i = torch.stack(gu).sum(0), torch.stack(gf).sum(0)
         intra = nce(p["e_u"], p["e_i"], c.intra_modal_temp, U, P)
@@ -283,10 +302,32 @@ class DGMRec(nn.Module):
             terms["chain"] = c.gen_weight * chain
         return terms
 
-    def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, f_b: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, pref_b: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
         """The whole generation chain a -> b against the real features of the same items: InfoNCE (each
-        generated row must pick its own item among the batch's real rows) plus MSE (scale and offset)."""
-        x_hat = self.decode(b, self.translate(a, b, g_a), self.gen_specific[b](f_b))
+        generated row must pick its own item among the batch's real rows) plus MSE (scale and offset).
+
+        The specific part comes from the catalog's mean preference ``pref_b`` (d,), as for queries: an item's
+        own preference filter would let the decoder recognise training items by their users instead of
+        learning from the content (on the sample shop: held-out Hit@10 0.61-0.74 with it, 0.91 without)."""
+        s_b = self.gen_specific[b](pref_b).expand(g_a.shape[0], -1)
+        x_hat = self.decode(b, self.translate(a, b, g_a), s_b)
+        return info_nce(x_hat, x_b, self.config.gen_temp) + F.mse_loss(x_hat, x_b)
+
+    def _content_free_general(self, b: int, source_means: list[torch.Tensor | None]) -> torch.Tensor | None:
+        """The general part of modality b translated from the other modalities' mean observed features: what
+        an item with no modality of its own gets (its identity then comes from its users' preference)."""
+        parts = [self.translate(a, b, self.generation_general(a, x[None])) for a, x in enumerate(source_means)
+                 if a != b and x is not None]
+        return torch.stack(parts).mean(0) if parts else None
+
+    def _preference_chain_loss(self, b: int, source_means: list[torch.Tensor | None], f_b: torch.Tensor,
+                               x_b: torch.Tensor) -> torch.Tensor:
+        """Generation of an item with no modality: decoder_b([content-free general part, gen_b(f_b)]) against
+        its real features (InfoNCE + MSE), so the users' preference carries what it can of the item."""
+        g = self._content_free_general(b, source_means)
+        if g is None:
+            return x_b.new_zeros(())
+        x_hat = self.decode(b, g.expand(x_b.shape[0], -1), self.gen_specific[b](f_b))
         return info_nce(x_hat, x_b, self.config.gen_temp) + F.mse_loss(x_hat, x_b)
 
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, observed_only: bool) -> torch.Tensor:
@@ -326,7 +367,7 @@ class DGMRec(nn.Module):
     def _generate(self, noise: bool = True) -> list[torch.Tensor]:
         """``generated_features`` before calibration."""
         M = self.n_modalities
-        g = [self.general(m, self.features(m)) for m in range(M)]
+        g = [self.generation_general(m, self.features(m)) for m in range(M)]
         f = self.item_filters()
         obs = self.observed.float()
         out = []
@@ -340,10 +381,66 @@ class DGMRec(nn.Module):
             else:  # a single modality: no other to translate from, the (imputed) row's own general part
                 g_hat = g[m]
             s_hat = self.gen_specific[m](f[m])
+            if self.contrastive and srcs:
+                # Content to translate from: the catalog's preference, as for queries (and as the chain learned).
+                # Nothing to translate from: a content-free general part and the item's own users' preference.
+                has_source = (obs[:, srcs].sum(1) > 0)[:, None]
+                s_hat = torch.where(has_source, self.gen_specific[m](_catalog_mean(f[m])), s_hat)
+                free = self._content_free_general(m, self._observed_means())
+                if free is not None:
+                    g_hat = torch.where(has_source, g_hat, free.expand_as(g_hat))
             if not self.raw_generation:
                 g_hat, s_hat = self.propagate(m, g_hat), self.propagate(m, s_hat)
             out.append(self.decode(m, g_hat, s_hat, noise=noise and not self.contrastive))
         return out
+
+    def refit_generation(self, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
+        """Fit the generation chain to convergence after training, leaving recommendation untouched.
+
+        The general encoder learns for recommendation too and loses item identity as training goes on, so
+        generation gets its own copy of it (started from the trained one) and fits that copy, the
+        translators, specific generators and decoders on the items observing both modalities of each
+        pair, with the users' preferences fixed. Returns the last loss; recalibrates.
+        """
+        if not self.contrastive or self.n_modalities < 2 or steps <= 0:
+            return float("nan")
+        with torch.no_grad():
+            for copy, trained in zip(self.gen_enc_general, self.enc_general):
+                copy.load_state_dict(trained.state_dict())
+            self.gen_shared.load_state_dict(self.shared.state_dict())
+            self.gen_refitted.fill_(True)
+            f = [x.detach() for x in self.item_filters()]
+            means = [_catalog_mean(x) for x in f]
+            source_means = self._observed_means()
+        observing = [(b, torch.nonzero(self.observed[:, b]).squeeze(1)) for b in range(self.n_modalities)]
+        observing = [(b, rows) for b, rows in observing if len(rows) >= 2]
+        gen = torch.Generator().manual_seed(seed)
+        params = [*self.gen_enc_general.parameters(), *self.gen_shared.parameters(), *self.translator.parameters(),
+                  *self.gen_specific.parameters(), *self.decoder.parameters()]
+        opt = torch.optim.Adam(params, lr=lr)
+        pairs = [(a, b, torch.nonzero(self.observed[:, a] & self.observed[:, b]).squeeze(1))
+                 for a in range(self.n_modalities) for b in range(self.n_modalities) if a != b]
+        pairs = [(a, b, rows) for a, b, rows in pairs if len(rows) >= 2]
+        loss = torch.zeros(())
+        for _ in range(steps if pairs else 0):
+            loss = torch.zeros(())
+            for a, b, rows in pairs:
+                pick = rows[torch.randperm(len(rows), generator=gen)[:batch_size]]
+                g_a = self.generation_general(a, self.features(a)[pick])
+                loss = loss + self._chain_loss(a, b, g_a, means[b], self.features(b)[pick])
+            for b, rows in observing:
+                pick = rows[torch.randperm(len(rows), generator=gen)[:batch_size]]
+                loss = loss + self._preference_chain_loss(b, source_means, f[b][pick], self.features(b)[pick])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.update_calibration()
+        return float(loss.detach())
+
+    def _observed_means(self) -> list[torch.Tensor | None]:
+        """Per modality, the mean of the observed feature rows (None where no item observes it)."""
+        return [self.features(m)[self.observed[:, m]].mean(0) if self.observed[:, m].any() else None
+                for m in range(self.n_modalities)]
 
     def calibrate(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """Generated features of modality m moved to the real features' per-dimension mean and spread."""
@@ -396,7 +493,7 @@ class DGMRec(nn.Module):
         General part through the translator; specific part from gen_dst applied to the user's preference
         (personalised) or to the catalog-wide mean preference; decoder_dst on both (DESIGN.md section 3).
         """
-        g = self.translate(src, dst, self.general(src, x))
+        g = self.translate(src, dst, self.generation_general(src, x))
         if users is None:
             pref = self.mean_filter(dst).expand(x.shape[0], -1)
         else:

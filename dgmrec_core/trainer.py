@@ -157,6 +157,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
 
     sampler = NegativeSampler(inter.train, inter.n_items, rng)
     n_batches = max(1, -(-len(inter.train) // config.batch_size))
+    saved: dict[str, Any] | None = None  # the last checkpoint payload written
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -201,7 +202,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
                        f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
         if checkpoint is not None and validate:
-            save_checkpoint(checkpoint, {
+            save_checkpoint(checkpoint, saved := {
                 "config": config.to_dict(), "shape": model_shape(model), "fingerprint": fingerprint,
                 "history": history, "best": best_state, "best_epoch": best_epoch,
                 "current": {"state": model_state(model), "opt": opt.state_dict(),
@@ -211,6 +212,10 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             break
 
     restore_state(model, best_state)
+    if model.n_modalities and config.generation and config.gen_refit_steps:
+        model.refit_generation(config.gen_refit_steps, seed=config.seed)  # generation only: scores unchanged
+        if checkpoint is not None and saved is not None:
+            save_checkpoint(checkpoint, {**saved, "best": model_state(model)})
     valid = evaluate(model, dataset, "valid") if len(inter.valid) else {}
     result = TrainResult(model, history, best_epoch, valid, evaluate(model, dataset, "test"),
                          validation_problem=problem)
