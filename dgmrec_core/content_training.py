@@ -108,7 +108,7 @@ def content_loss(model: DGMRec, items: torch.Tensor) -> tuple[torch.Tensor, dict
             both = obs[:, a] & obs[:, b]
             if a == b or int(both.sum()) < 2:
                 continue
-            chain = chain + model._chain_loss(a, b, g[a][both], f[both], x[b][both])
+            chain = chain + model._chain_loss(a, b, g[a][both], f[0], x[b][both])
             gen = gen + F.mse_loss(model.translate(a, b, perturb(g[a][both])), g[b][both])
             if a < b:
                 inter = inter + info_nce(g[a][both], g[b][both], c.inter_modal_temp)
