@@ -78,9 +78,10 @@ def measure(engine: SearchEngine, catalog: Path, k: int) -> list[dict[str, Any]]
 
 
 def personalised(engine: SearchEngine, shop: Path, k: int, n_users: int, seed: int = 0) -> dict[str, Any]:
-    """For users who prefer one or two categories: "a <colour> <category>" queries anonymous and for the
-    user. Share of the top k matching both attributes (must stay), and share in the user's preferred
-    pattern (the query leaves it open: personalisation may move toward it)."""
+    """For users with one or two preferred categories: queries anonymous and for the user. "a <colour>
+    <category>": share of the top k with both attributes (must stay) and in the user's pattern (left open).
+    "a <category>": share of the top k in the category (must stay) and in the user's colours (left open:
+    personalisation may move toward them)."""
     table = load_catalog(shop / "catalog.csv", skip_bad=True)[0]
     attrs = {i: e for i, e in zip(table.item_ids, table.extra)}
     with open(shop / "users.csv", newline="") as handle:
@@ -88,18 +89,26 @@ def personalised(engine: SearchEngine, shop: Path, k: int, n_users: int, seed: i
     rng = np.random.default_rng(seed)
     users = [users[i] for i in rng.permutation(len(users))[:n_users]]
     colours = sorted({e["colour"] for e in table.extra})
-    out = {"anonymous": {"match": [], "pattern": []}, "personalised": {"match": [], "pattern": []}}
+    out: dict[str, list[float]] = {}
+
+    def add(key: str, value: float) -> None:
+        out.setdefault(key, []).append(value)
+
     for user in users:
+        liked = set(user["colours"].split("|"))
         for category in user["categories"].split("|"):
             colour = colours[int(rng.integers(len(colours)))]
-            text = f"a {colour} {category}"
-            for mode, who in (("anonymous", None), ("personalised", user["user_id"])):
-                hits = engine.search_text(text, target="image", k=k, user=who)
-                got = [attrs[h.item_id] for h in hits]
-                out[mode]["match"].append(np.mean([g["colour"] == colour and g["category"] == category for g in got]))
-                out[mode]["pattern"].append(np.mean([g["pattern"] == user["pattern"] for g in got]))
-    return {"users": len(users), "queries": len(out["anonymous"]["match"]),
-            **{f"{mode}_{key}": float(np.mean(v)) for mode, d in out.items() for key, v in d.items()}}
+            for mode, who, how in (("anonymous", None, "rerank"), ("personalised", user["user_id"], "rerank"),
+                                   ("preference", user["user_id"], "preference")):
+                got = [attrs[h.item_id] for h in engine.search_text(f"a {colour} {category}", k=k, user=who,
+                                                                    personalise=how)]
+                add(f"{mode}_match", np.mean([g["colour"] == colour and g["category"] == category for g in got]))
+                add(f"{mode}_pattern", np.mean([g["pattern"] == user["pattern"] for g in got]))
+                got = [attrs[h.item_id] for h in engine.search_text(f"a {category}", k=k, user=who, personalise=how)]
+                add(f"{mode}_category_match", np.mean([g["category"] == category for g in got]))
+                add(f"{mode}_user_colours", np.mean([g["colour"] in liked for g in got]))
+    return {"users": len(users), "queries": len(out["anonymous_match"]),
+            **{key: float(np.mean(v)) for key, v in out.items()}}
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -168,13 +177,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chance hit rate {rows[0]['chance_hit_rate']:.3f}, {rows[0]['n_queries']} queries")
     text = report(rows, engine, command, args.date, build_seconds)
     text += ("\n## Personalised search\n\n"
-             f"{person['queries']} queries \"a <colour> <category>\" for {person['users']} users, one per category the user "
-             "prefers (colour drawn at random), anonymous and personalised (default: the user's scores reorder "
-             f"the items matching the query). Share of the top {args.k} with both attributes, and share in the "
-             "user's preferred pattern (which the query leaves open).\n\n"
-             "| search | both attributes | user's pattern |\n|---|---:|---:|\n"
-             f"| anonymous | {person['anonymous_match']:.3f} | {person['anonymous_pattern']:.3f} |\n"
-             f"| personalised | {person['personalised_match']:.3f} | {person['personalised_pattern']:.3f} |\n")
+             f"For {person['users']} users, one query pair per category the user prefers ({person['queries']} each), "
+             "anonymous and personalised (default: the user's DGMRec scores reorder the items matching the query). "
+             "\"a <colour> <category>\" (colour drawn at random): share of the top "
+             f"{args.k} with both attributes, and in the user's preferred pattern (left open). \"a <category>\": "
+             "share in the category, and in the user's preferred colours (left open).\n\n"
+             "| search | both attributes | user's pattern | category (\"a <category>\") | user's colours |\n"
+             "|---|---:|---:|---:|---:|\n"
+             + "".join(f"| {mode} | {person[mode + '_match']:.3f} | {person[mode + '_pattern']:.3f} | "
+                       f"{person[mode + '_category_match']:.3f} | {person[mode + '_user_colours']:.3f} |\n"
+                       for mode in ("anonymous", "personalised", "preference")))
+    text += ("\n'personalised' is the default (`personalise=\"rerank\"`); 'preference' is the brief's query path "
+             "(the user's modality preference inside the translated vector, `--personalise preference`), on the "
+             "DGMRec-translated route when auto picks it.\n")
     atomic_write_text(args.out, text)
     records = [{"route": r["route"], "hit@10": r["hit_rate"], "colour_precision": r["colour_precision"],
                 "category_precision": r["category_precision"], "generated_share_top10": r["generated"],

@@ -139,7 +139,8 @@ HELP: dict[str, str] = {
                 "on through LightGCN's transient early dip",
     "eval_every": "epochs between validation evaluations (the last epoch is always validated)",
     "imputation": "initial fill of missing feature rows: 'mean' of observed rows or 'zero'",
-    "generation_space": "where translators and decoders learn: 'propagated' (the paper's code: preference-filtered, "
+    "generation_space": "with --generator paper, where translators and decoders learn (the contrastive generator "
+                        "always uses the encoders' own parts): 'propagated' (the paper's code: preference-filtered, "
                         "graph-propagated parts; the decoder also learns from generated rows) or 'raw' (the "
                         "encoders' own g and s, the space generation and queries feed them; the decoder learns "
                         "from observed rows only)",

@@ -371,7 +371,7 @@ def _heldout_routes(report: dict[str, Any] | None) -> str:
         lines.append(f"| {p['src']} → {p['dst']} | {p['n']} ({p['chance']:.3f}) | {cell(gen, 'dgmrec')} | "
                      f"{cell(gen, 'nn')} | {cell(gen, 'ridge')} | {cell(gen, 'mean')} | {cell(gen, 'direct')} | "
                      f"{cell(routes, 'dgmrec')} | {cell(routes, 'direct')} | {cell(routes, 'fused')} | {p['auto']} |")
-    lines += [""] + [f"⚠ {w}" for w in report.get("warnings", [])]
+    lines += [""] + [f"- ⚠ {w}" for w in report.get("warnings", [])]
     return "\n".join(lines)
 
 
