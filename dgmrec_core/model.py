@@ -355,13 +355,29 @@ class DGMRec(nn.Module):
     def generated_features(self, *, noise: bool = True) -> list[torch.Tensor]:
         """Generated raw features of every item and modality (the caller keeps the rows it needs).
 
-        General part: the translators applied to the general parts of the item's observed modalities
-        (all other modalities when it observes none); specific part: gen_m(f_m); then decoder_m([g, s]).
-        With ``generation_space`` 'propagated' (the paper's code) both parts are first propagated on the
-        modality graph; with 'raw' they stay in the encoders' space, where the decoder learned.
+        Paper generator: general part from the translators applied to the general parts of the item's
+        observed modalities (all other modalities when it observes none), specific part gen_m(f_m), then
+        decoder_m([g, s]); with ``generation_space`` 'propagated' (the paper's code) both parts are first
+        propagated on the modality graph. Contrastive generator (docs/DESIGN.md): the same chain on the
+        encoders' own parts with the catalog's preference for items with another modality, the
+        content-free general part and the item's own preference for items with none, then calibrated.
         """
         raw = self._generate(noise)
-        return [self.calibrate(m, x) for m, x in enumerate(raw)] if self.contrastive else raw
+        if not self.contrastive:
+            return raw
+        out = []
+        for m, x in enumerate(raw):
+            y = self.calibrate(m, x)
+            others = [a for a in range(self.n_modalities) if a != m]
+            free = ~self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
+            if self.config.gen_calibration and int(free.sum()) >= 2:
+                # Rows with nothing to translate from come out of another route (users' preference only):
+                # they get their own spread, mapped to the real one like the others.
+                _, _, real_mean, real_std = getattr(self, f"calib_{m}")
+                z = x[free]
+                y[free] = (z - z.mean(0)) / z.std(0).clamp_min(1e-6) * real_std + real_mean
+            out.append(y)
+        return out
 
     @torch.no_grad()
     def _generate(self, noise: bool = True) -> list[torch.Tensor]:
