@@ -16,20 +16,12 @@ from ui.cli_train import partial_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs `dgmrec ARGS...`, dying like kill -9 at the STEP-th rename, replace or symlink call.
-CRASH = """
-import os, sys
+CRASH = f"""
+import sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
 import ui.cli, dgmrec_core.trainer
-step, calls = int(sys.argv[1]), [0]
-real = {name: getattr(os, name) for name in ("rename", "replace", "symlink")}
-def wrap(name):
-    def fs_op(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == step:
-            os._exit(9)
-        return real[name](*args, **kwargs)
-    return fs_op
-for name in real:
-    setattr(os, name, wrap(name))
+from crashpoints import die_at_fs_call
+die_at_fs_call(int(sys.argv[1]))
 sys.exit(ui.cli.main(sys.argv[2:]))
 """
 

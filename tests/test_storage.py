@@ -11,6 +11,7 @@ import pytest
 
 from retrieval import indexes as ix
 from retrieval.indexes import IndexBundle, IndexMismatch, index_lock, verify_bundle
+from crashpoints import die_at_fs_call
 from test_indexes import build, payload
 from ui.cli import main
 
@@ -164,20 +165,8 @@ def test_concurrent_add_items_lose_nothing(tmp_path: Path) -> None:
 
 def _crash_at(step: int, folder: str, legacy: bool) -> None:
     """Add items, dying (like kill -9) at the ``step``-th rename, replace or symlink call."""
-    calls = [0]
-    real = {name: getattr(os, name) for name in ("rename", "replace", "symlink")}
-
-    def wrap(name):
-        def fs_op(*args, **kwargs):
-            calls[0] += 1
-            if calls[0] == step:
-                os._exit(9)
-            return real[name](*args, **kwargs)
-        return fs_op
-
     bundle = IndexBundle.load(folder)
-    for name in real:
-        setattr(os, name, wrap(name))
+    die_at_fs_call(step)
     new = payload(5, start=40, seed=3)
     bundle.add_items(new["item_ids"], new["modality_vectors"], new["generated"], new["fused"])
     os._exit(0)
