@@ -38,6 +38,7 @@ from dgmrec_core.data import Dataset, Modality
 from dgmrec_core.features import observed_from_rows
 from dgmrec_core.generation_eval import hit_at_k, median_rank, ranks_of_real
 from dgmrec_core.heldout import generation_candidates
+from dgmrec_core.imputation import mean_imputation
 from dgmrec_core.interactions import build_interactions, load_interactions
 from dgmrec_core.masking import make_missing_mask
 from dgmrec_core.mmrec import load_mmrec
@@ -123,7 +124,7 @@ def score_run(model, base: Dataset, dataset: Dataset, methods: bool) -> list[dic
             else:
                 vectors = {"dgmrec": generated[dst][items]}
                 if methods:
-                    vectors["mean"] = np.repeat(real[dst][observed[:, dst]].mean(0, keepdims=True), len(items), 0)
+                    vectors["mean"] = mean_imputation(len(items), real[dst][observed[:, dst]])
             for method, vec in vectors.items():
                 ranks = ranks_of_real(vec, real[dst], items, has_real[dst])
                 out.append({"method": method, "generated": mod.name, "group": group, "n": int(len(items)),

@@ -36,6 +36,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def fuse(translated: np.ndarray, direct: np.ndarray) -> np.ndarray:
+    """The ``fused`` route's query vectors: the normalised sum of the normalised translated and direct ones."""
+    return _unit(_unit(translated) + _unit(direct))
+
+
 def route_vectors(model: DGMRec, src: int, dst: int, x_src: np.ndarray) -> dict[str, np.ndarray]:
     """Query vectors of every available route for src features ``x_src`` (n, d_src), catalog preference."""
     model.eval()
@@ -45,7 +50,7 @@ def route_vectors(model: DGMRec, src: int, dst: int, x_src: np.ndarray) -> dict[
     direct = direct_imputation(x_src, model.dims[dst])
     if direct is not None:
         out["direct"] = direct
-        out["fused"] = _unit(_unit(translated) + _unit(direct))
+        out["fused"] = fuse(translated, direct)
     return out
 
 

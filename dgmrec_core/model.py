@@ -363,13 +363,19 @@ class DGMRec(nn.Module):
         content-free general part and the item's own preference for items with none, then calibrated.
         """
         raw = self._generate(noise)
-        if not self.contrastive:
-            return raw
+        return self._calibrated(raw) if self.contrastive else raw
+
+    def _has_source(self, m: int) -> torch.Tensor:
+        """bool (n_items,): the items observing a modality other than m (something to translate m from)."""
+        others = [a for a in range(self.n_modalities) if a != m]
+        return self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
+
+    def _calibrated(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``raw`` generated features (from ``_generate``) calibrated to the real features' distribution."""
         out = []
         for m, x in enumerate(raw):
             y = self.calibrate(m, x)
-            others = [a for a in range(self.n_modalities) if a != m]
-            free = ~self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
+            free = ~self._has_source(m)
             if self.config.gen_calibration and int(free.sum()) >= 2:
                 # Rows with nothing to translate from come out of another route (users' preference only):
                 # they get their own spread, mapped to the real one like the others.
@@ -386,6 +392,7 @@ class DGMRec(nn.Module):
         g = [self.generation_general(m, self.features(m)) for m in range(M)]
         f = self.item_filters()
         obs = self.observed.float()
+        source_means = self._observed_means() if self.contrastive else []
         out = []
         for m in range(M):
             srcs = [a for a in range(M) if a != m]
@@ -400,9 +407,9 @@ class DGMRec(nn.Module):
             if self.contrastive and srcs:
                 # Content to translate from: the catalog's preference, as for queries (and as the chain learned).
                 # Nothing to translate from: a content-free general part and the item's own users' preference.
-                has_source = (obs[:, srcs].sum(1) > 0)[:, None]
+                has_source = self._has_source(m)[:, None]
                 s_hat = torch.where(has_source, self.gen_specific[m](_catalog_mean(f[m])), s_hat)
-                free = self._content_free_general(m, self._observed_means())
+                free = self._content_free_general(m, source_means)
                 if free is not None:
                     g_hat = torch.where(has_source, g_hat, free.expand_as(g_hat))
             if not self.raw_generation:
@@ -466,15 +473,15 @@ class DGMRec(nn.Module):
         return (x - gen_mean) / gen_std * real_std + real_mean
 
     @torch.no_grad()
-    def update_calibration(self) -> None:
+    def update_calibration(self, raw: list[torch.Tensor] | None = None) -> None:
         """Fit the calibration of the contrastive generator: per modality, the mean and spread of what it
-        generates for items with a source modality observed, and those of the real (observed) rows."""
+        generates (``raw``, from ``_generate``; computed when None) for items with a source modality
+        observed, and those of the real (observed) rows."""
         if not self.contrastive:
             return
-        generated = self._generate(noise=False)
+        generated = self._generate(noise=False) if raw is None else raw
         for m, x_hat in enumerate(generated):
-            others = [a for a in range(self.n_modalities) if a != m]
-            src = self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
+            src = self._has_source(m)
             real = self.features(m)[self.observed[:, m]]
             if int(src.sum()) < 2 or real.shape[0] < 2:
                 continue
@@ -484,9 +491,13 @@ class DGMRec(nn.Module):
 
     @torch.no_grad()
     def generate_missing(self) -> None:
-        """Write generated features into the rows of items missing each modality."""
-        self.update_calibration()
-        for m, x_hat in enumerate(self.generated_features()):
+        """Write generated features into the rows of items missing each modality (one generation pass:
+        the contrastive generator's calibration is fitted on it first)."""
+        generated = self._generate()
+        if self.contrastive:
+            self.update_calibration(generated)
+            generated = self._calibrated(generated)
+        for m, x_hat in enumerate(generated):
             miss = ~self.observed[:, m]
             self.features(m)[miss] = x_hat[miss]
         self.epochs_generated += 1

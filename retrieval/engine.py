@@ -23,12 +23,13 @@ from PIL import Image, UnidentifiedImageError
 
 from dgmrec_core.checkpoint import load_model
 from dgmrec_core.errors import DataError
+from dgmrec_core.heldout import fuse
 from dgmrec_core.model import DGMRec
 from retrieval.catalog import Problem, load_catalog
 from retrieval.completion import complete_new_items
 from retrieval.encoders import ClipEncoder, sha256_file
 from retrieval.fused import augment_items, augment_queries, dot_scores
-from retrieval.indexes import FUSED, IndexBundle, IndexMismatch, normalise
+from retrieval.indexes import FUSED, IndexBundle, IndexMismatch
 from retrieval.pipeline import HELDOUT_EVAL, image_refs
 
 ROUTES = ("auto", "dgmrec", "direct", "fused")
@@ -237,7 +238,7 @@ class SearchEngine:
                                                      torch.as_tensor(x, dtype=torch.float32), users=u).numpy()
         if direct is None:
             return generated
-        return normalise(normalise(generated) + normalise(direct))
+        return fuse(generated, direct)
 
     def resolve_route(self, source: str, target: str, route: str = "auto") -> str:
         """The route a query from ``source`` to ``target`` takes: ``route`` itself, or for ``"auto"`` the one
@@ -277,9 +278,8 @@ class SearchEngine:
 
     def _user_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
         """DGMRec's score of user row ``u`` for item ``rows`` (dot product of fused embeddings)."""
-        query = self._user_emb[u:u + 1]
-        items = self.bundle.fused_items()[rows]
-        return dot_scores(normalise(augment_queries(query)) @ items.T, query, self._radius)[0]
+        items = self.bundle.fused_items()[rows]  # [i, tail] / R (retrieval.fused): [u, 0] . that * R = u . i
+        return (augment_queries(self._user_emb[u:u + 1]) @ items.T)[0] * self._radius
 
     def recommend(self, user_id: str, k: int = 10) -> list[Hit]:
         """Top-``k`` items for ``user_id`` by DGMRec's score (dot product), training items excluded.
