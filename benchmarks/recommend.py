@@ -47,7 +47,7 @@ from validation_curves import plot_validation_curves  # noqa: E402  (benchmarks/
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
     "dgmrec": {},
-    "dgmrec-paper": {"generation_space": "propagated"},  # the paper's generation, pinned
+    "dgmrec-paper": {"generator": "paper"},  # the paper's generation, exactly as published
     "dgmrec-observed-knn": {"knn_observed_only": True},
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
@@ -56,7 +56,7 @@ SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --sett
 SPARSE_SHARE = 0.2
 LIGHTGCN_NEW_ITEMS = ("LightGCN has no content features, so it cannot score unseen items: its new-item figures "
                       "are those of the same evaluator on item ID embeddings that never had a training "
-                      "interaction (left at their random initialisation, touched only as sampled negatives)")
+                      "interaction (left at their random initialisation: never drawn as negatives either)")
 KEY = ("dataset", "setting", "model", "seed")
 
 

@@ -30,21 +30,28 @@ class SparseValidationWarning(UserWarning):
 
 
 class NegativeSampler:
-    """Uniform negatives outside each user's training items, vectorised (a few rejection rounds)."""
+    """Uniform negatives among the items with a training interaction, outside each user's training items,
+    vectorised (a few rejection rounds). Items with no training interaction (the new-item setting's, or a
+    catalog's cold items) are never drawn, as in the reference code (MMRec samples from the training
+    items): otherwise every step pushes their content-based scores down and they can never be recommended."""
 
     def __init__(self, train: np.ndarray, n_items: int, rng: np.random.Generator) -> None:
         self.n_items, self.rng = n_items, rng
         self.keys = np.unique(train[:, 0].astype(np.int64) * n_items + train[:, 1])
+        self.candidates = np.unique(train[:, 1]).astype(np.int64)
+
+    def _draw(self, size: int) -> np.ndarray:
+        return self.candidates[self.rng.integers(0, len(self.candidates), size=size)]
 
     def sample(self, users: np.ndarray) -> np.ndarray:
-        neg = self.rng.integers(0, self.n_items, size=len(users))
+        neg = self._draw(len(users))
         for _ in range(20):
             keys = users.astype(np.int64) * self.n_items + neg
             pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
             bad = np.nonzero(self.keys[pos] == keys)[0]
             if not len(bad):
                 break
-            neg[bad] = self.rng.integers(0, self.n_items, size=len(bad))
+            neg[bad] = self._draw(len(bad))
         return neg
 
 
