@@ -69,7 +69,8 @@ def load_setting(data: Path, setting: str, missing_ratio: str | None, sparse_see
     return replace(dataset, interactions=sparse), f"{dataset.name}-sparse"
 
 
-def make_record(result: TrainResult, dataset: str, setting: str, model: str, seed: int, wall_s: float) -> dict:
+def make_record(result: TrainResult, dataset: str, setting: str, model: str, seed: int, wall_s: float,
+                dropped_unseen: int = 0) -> dict:
     """One run as a JSON-ready record; its headline metrics are the new-item ones in that setting."""
     headline = result.test_new_items if setting == "new-items" else result.test
     seconds = [h["seconds"] for h in result.history]
@@ -78,7 +79,7 @@ def make_record(result: TrainResult, dataset: str, setting: str, model: str, see
               "best_epoch": result.best_epoch, "epochs_run": len(result.history),
               "curve": [[h["epoch"], h["valid"]["recall@20"]] for h in result.history if "valid" in h],
               "test": result.test, "test_new_items": result.test_new_items, "valid": result.valid,
-              "validation_problem": result.validation_problem,
+              "validation_problem": result.validation_problem, "dropped_unseen_rows": dropped_unseen,
               "sec_per_epoch": statistics.median(seconds) if seconds else 0.0, "wall_s": wall_s}
     if setting == "new-items" and model == "lightgcn":
         record["note"] = LIGHTGCN_NEW_ITEMS
@@ -200,7 +201,8 @@ def main() -> None:
         for model in args.models:
             t0 = time.perf_counter()
             result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False)
-            record = make_record(result, name, setting, model, seed, time.perf_counter() - t0)
+            record = make_record(result, name, setting, model, seed, time.perf_counter() - t0,
+                                 inter.dropped_unseen)
             records = merge_records(records, [record])
             print(f"{model:>20} seed {seed}: recall@20 {record['recall@20']:.4f} ndcg@20 {record['ndcg@20']:.4f} "
                   f"best epoch {result.best_epoch}/{len(result.history)} {record['sec_per_epoch']:.2f} s/epoch",

@@ -31,7 +31,11 @@ from dgmrec_core.data import Dataset, Modality  # noqa: E402
 from dgmrec_core.interactions import build_interactions  # noqa: E402
 from dgmrec_core.masking import make_missing_mask  # noqa: E402
 
-OFFICIAL_S_PER_EPOCH = 17.0  # the paper's official code on the shared MovieLens data, this 2-core CPU
+# The paper's reference code on the shared MovieLens data (2/3 missing), seconds per epoch by torch thread
+# count: measured quietly on this 2-core machine, back to back with ours, same data and threads
+# (the figures of issue 11): ours then took 2.76 s (2 threads) and 3.97 s (1 thread), a 3.4x lead.
+# An earlier constant of 17 s had been taken on a busy machine and overstated the lead (6x).
+OFFICIAL_S_PER_EPOCH = {2: 9.36, 1: 13.4}
 
 
 def peak_mb() -> float:
@@ -76,8 +80,10 @@ def scenario_ml100k(args: argparse.Namespace) -> dict:
     from dgmrec_core.mmrec import load_mmrec
 
     out = run_fit(load_mmrec(args.data), args.epochs)
-    out["official_s_per_epoch"] = OFFICIAL_S_PER_EPOCH
-    out["speedup_vs_official"] = OFFICIAL_S_PER_EPOCH / out["sec_per_epoch"]
+    official = OFFICIAL_S_PER_EPOCH.get(args.threads or torch.get_num_threads())
+    if official is not None:  # only thread counts the reference was measured with
+        out["official_s_per_epoch"] = official
+        out["speedup_vs_official"] = official / out["sec_per_epoch"]
     return out
 
 
@@ -162,7 +168,8 @@ def main() -> None:
             print(f"| {name} | {r['batch_s']:.2f} s/batch | {r['peak_rss_mb']:.0f} | kNN graphs {r['graphs_s']:.1f} s "
                   f"(IVF recall@10 {r['knn_recall@10']:.3f}), generate+refresh {r['generate_and_refresh_s']:.1f} s |")
         else:
-            note = (f"{r['speedup_vs_official']:.1f}x faster than the official code's {OFFICIAL_S_PER_EPOCH:.0f} s"
+            note = (f"{r['speedup_vs_official']:.1f}x faster than the reference code's {r['official_s_per_epoch']:.2f} s "
+                    f"(measured quietly, same threads)"
                     if "speedup_vs_official" in r else f"{r['train_interactions']} train interactions")
             print(f"| {name} | {r['sec_per_epoch']:.2f} | {r['peak_rss_mb']:.0f} | {note} |")
 

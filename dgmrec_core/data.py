@@ -12,6 +12,8 @@ class Interactions:
 
     Each split is an int64 array of shape (n, 2) holding (user, item) rows.
     ``user_ids[u]`` / ``item_ids[i]`` give the external string id of dense index u / i.
+    ``dropped_unseen`` counts the valid/test rows dropped on loading because their user (or item) never
+    occurs in the training split.
     """
 
     n_users: int
@@ -21,6 +23,7 @@ class Interactions:
     test: np.ndarray
     user_ids: list[str] = field(default_factory=list)
     item_ids: list[str] = field(default_factory=list)
+    dropped_unseen: int = 0
 
 
 @dataclass

@@ -8,6 +8,7 @@ Row numbers in error messages are file line numbers (the header is line 1).
 from __future__ import annotations
 
 import csv
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,8 +244,11 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
 
     Dense ids follow :func:`sorted_ids`; ``item_ids`` fixes the item order instead (e.g. a catalog's
     or feature rows'), and then any other item id is an error.
-    With ``splits`` (0 train, 1 valid, 2 test per entry) the given split is kept: a user (or, without
-    ``item_ids``, an item) of valid/test absent from train is an error. Otherwise each user's
+    With ``splits`` (0 train, 1 valid, 2 test per entry) the given split is kept; valid/test rows of a
+    user (or, without ``item_ids``, an item) that never occurs in train are dropped, as the reference code
+    does, with one :class:`UnseenInTrainingWarning` and their count in ``Interactions.dropped_unseen``
+    (with ``item_ids``, an item without training rows stays: it is a known item, ranked like any other).
+    Otherwise each user's
     interactions are split by ``ratios`` in time order (``timestamps``) or a ``seed``-ed shuffle.
     Duplicates keep the earliest occurrence (split, then time, then input order).
     ``source`` (one file, or one per split) and ``rows`` (per entry) only feed error messages.
@@ -269,19 +273,6 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
         raise DataError(where(0), "the training split is empty")
 
     in_train = np.ones(n, dtype=bool) if labels is None else labels == 0
-
-    def index(values: np.ndarray, vocab: np.ndarray, kind: str, fixed: bool) -> np.ndarray:
-        idx = lookup(vocab, values)
-        if (idx < 0).any():
-            pos = int(np.argmax(idx < 0))
-            label = 0 if labels is None else int(labels[pos])
-            value = str(values[pos])
-            problem = (f"{kind} id {value!r} is not in the given item list ({len(vocab)} items)"
-                       if fixed else f"{kind} id {value!r} of the {SPLIT_NAMES[label]} split "
-                                     f"does not occur in the training split")
-            raise DataError(where(label), problem, row=int(rows[pos]))
-        return idx
-
     fixed_items = item_ids is not None
     if fixed_items:
         item_vocab = np.asarray([str(i) for i in item_ids], dtype=str)
@@ -290,8 +281,31 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
     else:
         item_vocab = sorted_ids(items[in_train])
     user_vocab = sorted_ids(users[in_train])
-    u = index(users, user_vocab, "user", False)
-    i = index(items, item_vocab, "item", fixed_items)
+    dropped = 0
+    if labels is not None:
+        new_user = ~in_train & (lookup(user_vocab, users) < 0)
+        new_item = ~in_train & (lookup(item_vocab, items) < 0) if not fixed_items else np.zeros(n, dtype=bool)
+        unseen = new_user | new_item
+        dropped = int(unseen.sum())
+        if dropped:
+            warnings.warn(_unseen_message(labels, unseen, len(np.unique(users[new_user])),
+                                          len(np.unique(items[new_item])), where),
+                          UnseenInTrainingWarning, stacklevel=2)
+            users, items, labels, rows = users[~unseen], items[~unseen], labels[~unseen], rows[~unseen]
+            timestamps = None if timestamps is None else np.asarray(timestamps)[~unseen]
+            n = len(users)
+
+    def index(values: np.ndarray, vocab: np.ndarray, kind: str) -> np.ndarray:
+        idx = lookup(vocab, values)
+        if (idx < 0).any():  # only an item outside the given item list can get here
+            pos = int(np.argmax(idx < 0))
+            label = 0 if labels is None else int(labels[pos])
+            raise DataError(where(label), f"{kind} id {str(values[pos])!r} is not in the given item list "
+                                          f"({len(vocab)} items)", row=int(rows[pos]))
+        return idx
+
+    u = index(users, user_vocab, "user")
+    i = index(items, item_vocab, "item")
     n_users, n_items = len(user_vocab), len(item_vocab)
 
     # Deduplicate: order by (split, time, input position) and keep each pair's first entry.
@@ -323,7 +337,21 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
         label = np.where(rank < b1, 0, np.where(rank < b2, 1, 2))
     return Interactions(n_users=n_users, n_items=n_items,
                         train=pairs[label == 0], valid=pairs[label == 1], test=pairs[label == 2],
-                        user_ids=user_vocab.tolist(), item_ids=item_vocab.tolist())
+                        user_ids=user_vocab.tolist(), item_ids=item_vocab.tolist(), dropped_unseen=dropped)
+
+
+class UnseenInTrainingWarning(UserWarning):
+    """Validation/test rows of users (or items) that never occur in the training split were dropped."""
+
+
+def _unseen_message(labels: np.ndarray, unseen: np.ndarray, n_users: int, n_items: int, where) -> str:
+    """One line: how many valid/test rows were dropped, per split, and of how many unseen users and items."""
+    per_split = ", ".join(f"{int((unseen & (labels == k)).sum())} {SPLIT_NAMES[k]}" for k in (1, 2)
+                          if (unseen & (labels == k)).any())
+    files = sorted({str(where(int(k))) for k in np.unique(labels[unseen]) if where(int(k)) is not None})
+    whose = " and ".join(f"{count} {kind}(s)" for count, kind in ((n_users, "user"), (n_items, "item")) if count)
+    return (f"{', '.join(files) + ': ' if files else ''}dropped {int(unseen.sum())} validation/test rows "
+            f"({per_split}): {whose} that never occur in the training split, as the reference code does")
 
 
 def read_interactions(path: str | Path, *, ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 2024,

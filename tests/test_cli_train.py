@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
 
 from conftest import make_toy_dataset
+from dgmrec_core.interactions import UnseenInTrainingWarning
 from dgmrec_core.masking import load_mask
 from ui.cli import main
 
@@ -78,3 +80,23 @@ def test_bad_input_is_refused_and_saved_results_stay(files, capsys, case, expect
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err
     assert ((out / "model.pt").read_bytes(), (out / "metrics.json").read_bytes()) == saved
+
+
+def test_rows_of_users_never_in_training_are_dropped_with_a_warning_and_recorded(files) -> None:
+    """MMRec data may hold valid/test rows of users absent from training (the reference code drops them):
+    training goes on, one warning line names the file and the count, metrics.json records it."""
+    dataset = make_toy_dataset()
+    inter = dataset.interactions
+    lines = ["user_id,item_id,split"] + [f"u{u},i{i:03d},{label}" for label, split in
+                                         enumerate((inter.train, inter.valid, inter.test)) for u, i in split]
+    lines += ["ghost,i001,test", "ghost,i002,valid"]
+    (files / "inter.csv").write_text("\n".join(lines) + "\n")
+    main(["make-mask", "--items", "60", "--out", str(files / "mask.npz")])
+    out = files / "run"
+    with pytest.warns(UnseenInTrainingWarning) as caught:
+        assert main(["train", *_data_args(files), *FAST, "--out", str(out)]) == 0
+    assert len(caught) == 1
+    line = warnings.formatwarning(caught[0].message, caught[0].category, "x.py", 1)  # as the CLI prints it
+    assert line.startswith("warning: ") and line.count("\n") == 1
+    assert "inter.csv" in line and "dropped 2 validation/test rows (1 valid, 1 test): 1 user(s)" in line
+    assert json.loads((out / "metrics.json").read_text())["dropped_unseen_rows"] == 2

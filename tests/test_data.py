@@ -8,8 +8,8 @@ import pytest
 
 from dgmrec_core.errors import DataError
 from dgmrec_core.features import impute, load_feature_matrix, observed_from_rows
-from dgmrec_core.interactions import (build_interactions, load_interactions, load_split_files,
-                                      read_interactions, sorted_ids)
+from dgmrec_core.interactions import (UnseenInTrainingWarning, build_interactions, load_interactions,
+                                      load_split_files, read_interactions, sorted_ids)
 from dgmrec_core.masking import save_mask
 from dgmrec_core.mmrec import load_dataset, load_mmrec
 
@@ -144,15 +144,29 @@ def test_split_files_and_their_errors(tmp_path):
     inter = load_split_files(train, valid, test)
     assert (len(inter.train), len(inter.valid), len(inter.test)) == (2, 1, 1)
 
-    bad_user = write(tmp_path / "test_u.csv", "user_id,item_id\nu2,a\nu9,a\n")
-    with pytest.raises(DataError) as err:
-        load_split_files(train, valid, bad_user)
-    assert str(bad_user) in str(err.value) and "row 3" in str(err.value)
-    assert "user id 'u9' of the test split does not occur in the training split" in str(err.value)
+    unseen_user = write(tmp_path / "test_u.csv", "user_id,item_id\nu2,a\nu9,a\nu9,b\n")
+    with pytest.warns(UnseenInTrainingWarning) as caught:
+        inter = load_split_files(train, valid, unseen_user)
+    message = str(caught[0].message)
+    assert str(unseen_user) in message and "dropped 2 validation/test rows (2 test): 1 user(s) that never occur" in message
+    assert (len(inter.test), inter.n_users, inter.dropped_unseen) == (1, 2, 2)
 
-    bad_item = write(tmp_path / "valid_i.csv", "user_id,item_id\nu1,zz\n")
-    with pytest.raises(DataError, match=r"valid_i.csv, row 2: item id 'zz' of the valid split"):
-        load_split_files(train, bad_item, test)
+    unseen_item = write(tmp_path / "valid_i.csv", "user_id,item_id\nu1,zz\nu2,a\n")
+    with pytest.warns(UnseenInTrainingWarning, match=r"dropped 1 validation/test rows \(1 valid\)"):
+        inter = load_split_files(train, unseen_item, test)
+    assert pairs(inter.valid) == {(1, 0)} and inter.n_items == 2
+
+    with pytest.raises(DataError, match=r"valid_i.csv, row 2: item id 'zz' is not in the given item list"):
+        load_split_files(train, unseen_item, test, item_ids=["a", "b"])
+
+
+def test_given_item_list_keeps_known_items_without_training_rows():
+    """MMRec-style data: an item of the feature rows with only a test row is ranked, not dropped; an unseen
+    user's rows are dropped (the reference code drops them too)."""
+    with pytest.warns(UnseenInTrainingWarning, match="1 user"):
+        inter = build_interactions(["u", "u", "v", "w"], ["a", "c", "b", "a"], splits=[0, 2, 0, 1],
+                                   item_ids=["a", "b", "c"])
+    assert pairs(inter.test) == {(0, 2)} and len(inter.valid) == 0 and inter.dropped_unseen == 1
 
 
 def test_empty_training_split(tmp_path):

@@ -190,6 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise
         metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
                    "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
+                   "dropped_unseen_rows": dataset.interactions.dropped_unseen,
                    "config": config.to_dict(), "model_sha256": sha256_file(checkpoint)}
         publish_run(out, {"model.pt": checkpoint, "metrics.json": json.dumps(metrics, indent=2),
                           "history.json": json.dumps(result.history, indent=2)})
