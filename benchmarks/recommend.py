@@ -3,6 +3,7 @@
     python benchmarks/recommend.py --setting full --seeds 0 1 2 --threads 1
     python benchmarks/recommend.py --setting new-item --seeds 0 1 2 --threads 1
     python benchmarks/recommend.py --setting sparse --seeds 0 1 2 --threads 1
+    python benchmarks/recommend.py --dataset sample-shop --setting full --seeds 0 1 2 --threads 1   # after make demo
     python benchmarks/recommend.py --merge part1.json part2.json   # one file from runs made apart
 
 Every model trains under the one stopping rule of the config defaults (the paper's reference code:
@@ -39,7 +40,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
-from dgmrec_core.masking import make_sparse_split  # noqa: E402
+from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.trainer import TrainResult, fit  # noqa: E402
 from validation_curves import plot_validation_curves  # noqa: E402  (benchmarks/, the script's folder)
@@ -54,15 +55,31 @@ MODELS = {
 }
 SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --setting -> the record's setting
 SPARSE_SHARE = 0.2
+NEW_ITEM_SHARE = 0.2
 LIGHTGCN_NEW_ITEMS = ("LightGCN has no content features, so it cannot score unseen items: its new-item figures "
                       "are those of the same evaluator on item ID embeddings that never had a training "
                       "interaction (left at their random initialisation: never drawn as negatives either)")
 KEY = ("dataset", "setting", "model", "seed")
 
 
-def load_setting(data: Path, setting: str, missing_ratio: str | None, sparse_seed: int) -> tuple[Dataset, str]:
+def load_base(data: Path, dataset: str, missing_ratio: str | None, new_items: bool) -> Dataset:
+    """ML-100K from its MMRec folder (the paper's mask and new items), or the demo's sample shop (its own
+    missing modalities; new items: a seeded 20% of its cold and of its warm items, as the paper chose them)."""
+    if dataset == "ml100k":
+        return load_mmrec(data, missing_ratio=missing_ratio, new_items=new_items)
+    from generation import load_sample_shop  # benchmarks/: the shop as the generation benchmark reads it
+
+    shop = load_sample_shop()
+    if not new_items:
+        return shop
+    inter, new = make_new_item_split(shop.interactions, NEW_ITEM_SHARE, seed=0)
+    return replace(shop, interactions=inter, new_items=new)
+
+
+def load_setting(data: Path, dataset_name: str, setting: str, missing_ratio: str | None,
+                 sparse_seed: int) -> tuple[Dataset, str]:
     """The dataset of ``setting`` and its name in the records (``<name>`` or ``<name>-sparse``)."""
-    dataset = load_mmrec(data, missing_ratio=missing_ratio, new_items=setting == "new-item")
+    dataset = load_base(data, dataset_name, missing_ratio, setting == "new-item")
     if setting != "sparse":
         return dataset, dataset.name
     sparse = make_sparse_split(dataset.interactions, SPARSE_SHARE, seed=sparse_seed)
@@ -163,6 +180,8 @@ def finish(records: list[dict], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
+    parser.add_argument("--dataset", choices=["ml100k", "sample-shop"], default="ml100k",
+                        help="ml100k: --data's MMRec folder; sample-shop: the demo's shop (make demo builds it)")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="full")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the config's, the shared stopping rule; "
@@ -188,7 +207,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     ratio = None if args.missing_ratio.lower() == "none" else args.missing_ratio
-    dataset, name = load_setting(args.data, args.setting, ratio, args.sparse_seed)
+    dataset, name = load_setting(args.data, args.dataset, args.setting, ratio, args.sparse_seed)
     setting = SETTINGS[args.setting]
     inter = dataset.interactions
     print(f"{name}, {setting}: {inter.n_users} users, {inter.n_items} items, {len(inter.train)} train interactions "

@@ -44,7 +44,7 @@ def test_summary_and_plot(tmp_path) -> None:
 
 @pytest.mark.parametrize("setting", ["full", "new-item", "sparse"])
 def test_settings_on_the_real_data(shared_data, setting) -> None:
-    dataset, name = recommend.load_setting(shared_data / "mmrec", setting, "0.666", sparse_seed=0)
+    dataset, name = recommend.load_setting(shared_data / "mmrec", "ml100k", setting, "0.666", sparse_seed=0)
     inter = dataset.interactions
     assert name == ("ml100k-sparse" if setting == "sparse" else "ml100k")
     assert (len(inter.valid) == 9_942) == (setting != "new-item")
