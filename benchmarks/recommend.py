@@ -48,7 +48,8 @@ from validation_curves import plot_validation_curves  # noqa: E402  (benchmarks/
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
     "dgmrec": {},
-    "dgmrec-paper": {"generator": "paper"},  # the paper's generation, exactly as published
+    "dgmrec-paper": {"generator": "paper", "untrained_items": "paper"},  # the published method, exactly
+    "dgmrec-random-untrained": {"untrained_items": "paper"},  # the default but untrained items keep random IDs
     "dgmrec-observed-knn": {"knn_observed_only": True},
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},

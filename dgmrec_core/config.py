@@ -47,6 +47,7 @@ class DGMRecConfig:
     gen_weight: float = 1.0
     gen_refit_steps: int = 1000
     gen_calibration: bool = True
+    untrained_items: str = "content-neighbours"
     generation: bool = True
     use_modalities: bool = True
     train_features: bool = False
@@ -55,7 +56,7 @@ class DGMRecConfig:
 
     def __post_init__(self) -> None:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
-                   "generator": ("contrastive", "paper")}
+                   "generator": ("contrastive", "paper"), "untrained_items": ("content-neighbours", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -156,6 +157,10 @@ HELP: dict[str, str] = {
                        "recommendation scores unchanged); 0 = off",
     "gen_calibration": "contrastive generator: match each generated dimension's mean and spread to the real "
                        "features' (off = raw decoder output)",
+    "untrained_items": "items without a training interaction (new or cold items): 'content-neighbours' (the "
+                       "default, docs/DESIGN.md 'Untrained items'): their collaborative embedding is the weighted "
+                       "mean of their trained neighbours' in the modality kNN graphs; 'paper': their ID embedding "
+                       "stays at its random initialisation, as in the paper's code",
     "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
     "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
     "train_features": "make raw feature rows trainable parameters, as the official code does",

@@ -212,9 +212,34 @@ class DGMRec(nn.Module):
         gs = torch.cat([g, s], dim=1)
         return self.decoder[m](perturb(gs) if noise else gs)
 
+    def untrained_items(self) -> torch.Tensor:
+        """Bool (n_items,): items without a training interaction (the new-item setting's, a catalog's cold
+        items), read off the item-mean graph (rows with no user), so loaded models know them too."""
+        graph = self.graphs["item_mean"]
+        if getattr(self, "_untrained", (None,))[0] is not graph:
+            self._untrained = (graph, graph.crow_indices().diff() == 0)
+        return self._untrained[1]
+
+    def content_neighbour_ids(self, e_i: torch.Tensor) -> torch.Tensor:
+        """``e_i`` with the rows of untrained items replaced by the weighted mean of their trained neighbours'
+        rows over every modality's kNN graph (docs/DESIGN.md, "Untrained items"): an item nobody has
+        interacted with gets the collaborative embedding of the items its image and text resemble, in
+        place of an ID embedding left at its random initialisation. Rows with no trained neighbour stay."""
+        cold = self.untrained_items()
+        if not bool(cold.any()):
+            return e_i
+        trained = (~cold).to(e_i.dtype)[:, None]
+        keys = [f"mm_{m}" for m in range(self.n_modalities)]
+        total = sum(self.product(k, e_i * trained) for k in keys)
+        weight = sum(self.product(k, trained) for k in keys)
+        fill = cold & (weight[:, 0] > 0)
+        return torch.where(fill[:, None], total / weight.clamp(min=1e-12), e_i)
+
     def forward_parts(self) -> dict[str, object]:
         """Everything the loss and the scores need, for all users and items."""
         e_u, e_i = self.cf_embeddings()
+        if self.n_modalities and self.config.untrained_items == "content-neighbours":
+            e_i = self.content_neighbour_ids(e_i)
         out: dict[str, object] = {"e_u": e_u, "e_i": e_i}
         if not self.n_modalities:
             return out
@@ -531,9 +556,34 @@ class DGMRec(nn.Module):
     def cold_item_embeddings(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """Fused embeddings of items outside the training graph, from (completed) raw features alone.
 
-        They have no ID embedding and no interactions, so the catalog's mean preference stands in for f.
+        They have no interactions, so the catalog's mean preference stands in for f. Their collaborative
+        part is, as for untrained items inside the graph (``untrained_items``), the weighted mean of their
+        ``knn_k`` most similar trained items' per modality; none with ``untrained_items='paper'``.
         """
         M = self.n_modalities
         g = [self.mean_filter(m) * self.general(m, feats[m]) for m in range(M)]
         s = [self.mean_filter(m) * self.specific(m, feats[m]) for m in range(M)]
-        return (torch.stack(g).mean(0) + torch.stack(s).sum(0)) / (M + 1)
+        content = (torch.stack(g).mean(0) + torch.stack(s).sum(0)) / (M + 1)
+        if self.config.untrained_items == "paper":
+            return content
+        return content + self._neighbour_ids_of(feats)
+
+    def _neighbour_ids_of(self, feats: list[torch.Tensor], chunk: int = 1024) -> torch.Tensor:
+        """Per new row: the weighted mean (cosine weights, clamped at 0) of the collaborative embeddings of
+        its ``knn_k`` nearest trained items in each modality; zero where no trained item is similar."""
+        e_i = self.cf_embeddings()[1]
+        trained = ~self.untrained_items()
+        n = feats[0].shape[0]
+        total, weight = e_i.new_zeros(n, e_i.shape[1]), e_i.new_zeros(n, 1)
+        for m in range(self.n_modalities):
+            pool = torch.nonzero(trained & self.observed[:, m]).squeeze(1)
+            if not len(pool):
+                continue
+            ref = F.normalize(self.features(m)[pool], dim=1)
+            for start in range(0, n, chunk):
+                query = F.normalize(feats[m][start:start + chunk].float(), dim=1)
+                sims, idx = (query @ ref.T).topk(min(self.config.knn_k, len(pool)), dim=1)
+                w = sims.clamp(min=0)
+                total[start:start + chunk] += (w[..., None] * e_i[pool[idx]]).sum(1)
+                weight[start:start + chunk] += w.sum(1, keepdim=True)
+        return torch.where(weight > 0, total / weight.clamp(min=1e-12), total)
