@@ -47,9 +47,9 @@ def shared_server() -> Server:
 
 
 def _start() -> Server:
-    from retrieval.engine import SearchEngine
-    from retrieval.pipeline import build_index
-    from retrieval.sample_shop import make_sample_shop
+    from retrieval.search.engine import SearchEngine
+    from retrieval.build.pipeline import build_index
+    from retrieval.demo.sample_shop import make_sample_shop
     from ui.app import launch
 
     root = Path(tempfile.mkdtemp(prefix="dgmrec-app-test-"))
@@ -63,6 +63,6 @@ def _start() -> Server:
     port = _free_port()
     app = launch(engine, {"index": "test-shop"}, host="127.0.0.1", port=port, block=False)
     atexit.register(app.close)
-    heldout = [e["item_id"] for e in engine.generation_report()["items"]]
+    heldout = [e["item_id"] for e in engine.info.report.heldout["items"]]
     return Server(url=f"http://127.0.0.1:{port}/", index_dir=index_dir, shop=shop, users=engine.users(),
                   heldout=heldout)

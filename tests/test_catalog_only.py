@@ -13,9 +13,9 @@ from dgmrec_core.content_training import fit_content, item_batch_size
 from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import heldout_report
-from retrieval.encoders import ClipEncoder
-from retrieval.engine import QueryError, SearchEngine
-from retrieval.pipeline import build_index
+from retrieval.encode.clip import ClipEncoder
+from retrieval.search.engine import QueryError, SearchEngine
+from retrieval.build.pipeline import build_index
 from test_engine import CONFIG, make_shop
 from ui.cli import main
 
@@ -139,7 +139,8 @@ def test_empty_interactions_refused_before_encoding(tmp_path: Path, content: str
 
 
 def test_page_shows_no_absolute_path(catalog_only, tmp_path: Path, monkeypatch) -> None:
-    from retrieval.showcase import encoder_note, index_label
+    from retrieval.demo.showcase import encoder_note, index_label
+    from retrieval.index.info import EncoderSpec
     from ui.app import build_app
 
     index, engine = catalog_only
@@ -158,5 +159,5 @@ def test_page_shows_no_absolute_path(catalog_only, tmp_path: Path, monkeypatch) 
                                                          "base_pretrained": None, "n_train_pairs": 9, "epochs": 1,
                                                          "eval_recall_at_10": 0.5}))
     monkeypatch.chdir(tmp_path)
-    note = encoder_note({"model_name": "dgmrec-compact", "pretrained": str(weights), "seed": 0})
+    note = encoder_note(EncoderSpec("dgmrec-compact", str(weights), 0))
     assert str(tmp_path) not in note and "shop/catalog.csv" in note and "compact.pt" in note

@@ -6,6 +6,7 @@ import os
 import sys
 
 from dgmrec_core.errors import DataError
+from ui.logs import configure_logging
 
 # Modules that each define `register(subparsers)`; a command's handler is stored as `func`.
 COMMAND_MODULES = ("ui.cli_train", "ui.cli_index", "ui.cli_app")
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -36,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
-    from retrieval.encoders import EncoderUnavailable
-    from retrieval.engine import QueryError
-    from retrieval.indexes import IndexMismatch
+    from retrieval.encode.clip import EncoderUnavailable
+    from retrieval.search.engine import QueryError
+    from retrieval.index.storage import IndexMismatch
 
     return (DataError, QueryError, IndexMismatch, EncoderUnavailable)
 

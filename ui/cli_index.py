@@ -28,7 +28,7 @@ def _pretrained(value: str) -> str | None:
 def cmd_build(args: argparse.Namespace) -> int:
     import torch
 
-    from retrieval.pipeline import build_index
+    from retrieval.build.pipeline import build_index
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -58,7 +58,7 @@ def _print_hits(hits: list, as_json: bool, header: dict[str, Any]) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
     if args.text is not None:
@@ -77,7 +77,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
     hits = engine.recommend(args.user, k=args.k)
@@ -86,19 +86,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_add_items(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
-
-    from retrieval.pipeline import report_skips
+    from retrieval.build.ingest import add_items
+    from retrieval.build.pipeline import report_skips
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
-    added = engine.add_items(args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
+    added = add_items(engine, args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
     print(f"added {len(added)} item(s) to {engine.bundle.folder}: {', '.join(added[:10])}"
           + (" ..." if len(added) > 10 else ""))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from retrieval.indexes import IndexBundle, verify_bundle
+    from retrieval.index.bundle import IndexBundle
+    from retrieval.index.storage import verify_bundle
 
     folder = _index_dir(args.index)
     problems = verify_bundle(folder)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,33 +30,24 @@ from dgmrec_core.content_training import fit_content
 from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import heldout_report
-from dgmrec_core.interactions import build_interactions, load_interactions
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
-from retrieval.catalog import Catalog, Problem, load_catalog, require_modalities
-from retrieval.completion import complete_features
+from retrieval.catalog import Catalog, Problem, load_catalog
+from retrieval.build.completion import complete_features
+from retrieval.build.interactions import catalog_interactions, no_users
 from retrieval.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from retrieval.encoders import ClipEncoder, sha256_file
-from retrieval.feature_cache import MODALITIES, encode_catalog
-from retrieval.fused import augment_items, radius_for
-from retrieval.generation_quality import KEY as GENERATION_EVAL, generation_quality
-from retrieval.indexes import IndexBundle, check_bundle_target, normalise
+from retrieval.encode.clip import ClipEncoder, sha256_file
+from retrieval.encode.cache import encode_catalog
+from retrieval.index.fused import augment_items, radius_for
+from retrieval.build.report import generation_quality
+from retrieval.index.bundle import IndexBundle
+from retrieval.index.info import MODEL_FILE, BuildInfo, EncoderSpec, GenerationReport, ItemStore, TrainingRecord
+from retrieval.index.storage import check_bundle_target
+from retrieval.index.vectors import normalise
+from retrieval.modalities import MODALITIES, NAMES, require_modalities
 
-MODEL_FILE = "model.pt"
 MAX_LISTED_SKIPS = 20
-HELDOUT_EVAL = "heldout_eval"
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
-
-
-def encoder_spec(encoder: ClipEncoder) -> dict[str, Any]:
-    """How to rebuild ``encoder``: model name, weights (tag, absolute file path or None) and seed."""
-    weights = encoder.pretrained
-    if weights is not None and os.path.isfile(weights):
-        weights = str(Path(weights).resolve())
-    return {"model_name": encoder.model_name, "pretrained": weights, "seed": encoder.seed}
+log = logging.getLogger("dgmrec.build")
 
 
 def _config_hash(config: DGMRecConfig) -> str:
@@ -83,29 +75,6 @@ def choose_holdout(observed: dict[str, np.ndarray], share: float, seed: int) -> 
     return Holdout(rows=rows.astype(np.int64), modality=[names[j % len(names)] for j in range(n)])
 
 
-def _interactions(path: Path, catalog: Catalog, *, skip_bad: bool, seed: int) -> tuple[Interactions, int]:
-    """Interactions over the catalog's items (catalog order); with ``skip_bad`` rows of unknown items dropped."""
-    table = load_interactions(path)
-    users, items, rows = table.users, table.items, table.rows
-    times, splits = table.timestamps, table.splits
-    dropped = 0
-    if skip_bad:
-        known = np.isin(items, np.asarray(catalog.item_ids, dtype=str))
-        dropped = int((~known).sum())
-        users, items, rows = users[known], items[known], rows[known]
-        times = None if times is None else times[known]
-        splits = None if splits is None else splits[known]
-    inter = build_interactions(users, items, splits=splits, timestamps=times, seed=seed,
-                               item_ids=catalog.item_ids, source=table.path, rows=rows)
-    return inter, dropped
-
-
-def no_users(catalog: Catalog) -> Interactions:
-    """The interactions of a catalog given alone: its items, no users, empty splits."""
-    empty = np.zeros((0, 2), dtype=np.int64)
-    return Interactions(0, catalog.n_items, empty, empty.copy(), empty.copy(), [], list(catalog.item_ids))
-
-
 def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: bool) -> tuple[DGMRec, dict]:
     """The trained model and its slim checkpoint payload; reused when data and config are unchanged."""
     final, partial = work_dir / MODEL_FILE, work_dir / "training.pt"
@@ -123,15 +92,15 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
                 and (path != final or "metrics" in payload))
 
     if matches(final):
-        _say(f"train: reusing {final} (same data fingerprint and config)")
+        log.info(f"train: reusing {final} (same data fingerprint and config)")
         return load_model(final)
     if dataset.n_users == 0:
-        _say(f"train: no interactions: DGMRec's generation on the {dataset.n_items} items' own image-text pairs "
+        log.info(f"train: no interactions: DGMRec's generation on the {dataset.n_items} items' own image-text pairs "
              f"(no users: no recommendations, no personalisation), {config.epochs} epochs")
         result = fit_content(dataset, config, progress=progress)
     else:
         resume = matches(partial)
-        _say(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
+        log.info(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
              + (f" (resuming {partial})" if resume else ""))
         result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
     model = result.model
@@ -141,9 +110,9 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
                "metrics": {"valid": result.valid, "test": result.test}}
     save_checkpoint(final, payload)
     if dataset.n_users == 0:
-        _say(f"train: {result.best_epoch} epochs, final loss {sum(result.history[-1]['loss'].values()):.4f}")
+        log.info(f"train: {result.best_epoch} epochs, final loss {sum(result.history[-1]['loss'].values()):.4f}")
         return model, payload
-    _say(f"train: best epoch {result.best_epoch}, test recall@20 {result.test.get('recall@20', float('nan')):.4f}")
+    log.info(f"train: best epoch {result.best_epoch}, test recall@20 {result.test.get('recall@20', float('nan')):.4f}")
     return model, payload
 
 
@@ -187,12 +156,6 @@ def _user_items(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
     return indptr, inter.train[order, 1].astype(np.int64)
 
 
-def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
-    """Image paths as stored in a bundle: relative to the bundle folder."""
-    base = folder.resolve()
-    return [None if p is None else os.path.relpath(Path(p).resolve(), base) for p in paths]
-
-
 def build_index(catalog_path: str | Path, interactions_path: str | Path | None, out_dir: str | Path, *,
                 model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
                 encoder: ClipEncoder | None = None, encoder_seed: int = 0, config: DGMRecConfig | None = None,
@@ -221,48 +184,48 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path | None, 
     work_dir.mkdir(parents=True, exist_ok=True)
 
     catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
-    _say(f"catalog: {catalog.n_items} items from {catalog.source} "
-         f"({int(catalog.has_image.sum())} with an image, {int(catalog.has_text.sum())} with a text)")
+    log.info(f"catalog: {catalog.n_items} items from {catalog.source} ("
+         + ", ".join(f"{int(m.observed(catalog).sum())} with {m.article} {m.name}" for m in MODALITIES.values()) + ")")
     report_skips(problems)
     require_modalities(catalog, problems)
     # Interactions are read (and a header-only file refused) before anything is encoded.
     if interactions_path is None:
         inter, dropped = no_users(catalog), 0
     else:
-        inter, dropped = _interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
+        inter, dropped = catalog_interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
     if dropped:
-        _say(f"skipped: {dropped} interaction(s) of items not in the catalog")
-    _say(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
+        log.info(f"skipped: {dropped} interaction(s) of items not in the catalog")
+    log.info(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
          f"{len(inter.test)} test" if interactions_path is not None else
          "interactions: none given: search only (generation trained on the items' own pairs; no recommendations)")
 
     if encoder is None:
-        _say(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
+        log.info(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
         encoder = ClipEncoder(model_name, pretrained, seed=encoder_seed)
     encoded = encode_catalog(catalog, encoder, work_dir / "features")
-    _say(f"features: {encoder.model_name}, dim {encoder.embed_dim}; newly encoded "
+    log.info(f"features: {encoder.model_name}, dim {encoder.embed_dim}; newly encoded "
          + ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()) + f" (cache {work_dir / 'features'})")
 
     held = choose_holdout(encoded.observed, holdout, seed)
-    observed = {m: encoded.observed[m].copy() for m in MODALITIES}
+    observed = {m: encoded.observed[m].copy() for m in NAMES}
     for row, m in zip(held.rows, held.modality):
         observed[m][row] = False
     modalities = [Modality(m, np.where(observed[m][:, None], encoded.features[m], 0).astype(np.float32),
-                           observed[m]) for m in MODALITIES]
+                           observed[m]) for m in NAMES]
     dataset = Dataset(inter, modalities, name=out_dir.name)
-    _say(f"held out: {len(held.rows)} items with both modalities lose one for training (to score generation)")
+    log.info(f"held out: {len(held.rows)} items with both modalities lose one for training (to score generation)")
 
     model, payload = _train(dataset, config, work_dir, progress)
 
-    _say("complete: generating missing features")
+    log.info("complete: generating missing features")
     done = complete_features(model, encoded.features, observed)
     # Held-out rows go back to their real feature (observed); what was generated for them is scored.
-    vectors = {m: _with_real(done.features[m], encoded.features[m], held, m) for m in MODALITIES}
-    flags = {m: ~encoded.observed[m] for m in MODALITIES}
-    report, held_arrays = _heldout_report(held, encoded.features, done.features, vectors, encoded.observed,
-                                          catalog.item_ids)
-    for m, summary in report["summary"].items():
-        _say(f"generation ({m}, {summary['items']} held-out items): cosine to the real feature "
+    vectors = {m: _with_real(done.features[m], encoded.features[m], held, m) for m in NAMES}
+    flags = {m: ~encoded.observed[m] for m in NAMES}
+    heldout, held_arrays = _heldout_report(held, encoded.features, done.features, vectors, encoded.observed,
+                                           catalog.item_ids)
+    for m, summary in heldout["summary"].items():
+        log.info(f"generation ({m}, {summary['items']} held-out items): cosine to the real feature "
              f"{summary['mean_cosine']:.3f} (mean imputation {summary['mean_imputation_cosine']:.3f}), "
              f"median rank of the real item {summary['median_rank']:.0f} of {summary['n_items']}")
 
@@ -276,33 +239,22 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path | None, 
     radius = radius_for(items)
     indptr, indices = _user_items(inter)
     model_file = work_dir / MODEL_FILE
-    extra = {
-        "catalog": str(catalog.source),
-        "items": {"text": catalog.texts, "image": image_refs(catalog.image_paths, out_dir),
-                  "attributes": catalog.extra},
-        "users": list(inter.user_ids),
-        "encoder": encoder_spec(encoder),
-        "data_fingerprint": payload["fingerprint"],
-        "config": payload["config"],
-        "config_hash": _config_hash(config),
-        "history": payload["history"],
-        "best_epoch": payload["best_epoch"],
-        "metrics": payload["metrics"],
-        "heldout": report,
-        HELDOUT_EVAL: routes,
-        GENERATION_EVAL: generation_quality(model, encoded.features, catalog.item_ids),
-        "skipped": [str(p) for p in problems],
-        "fused": {"transform": "dot-to-cosine", "radius": radius},
-        "model_file": MODEL_FILE,
-    }
+    report = GenerationReport(heldout=heldout, routes=routes,
+                              imputation=generation_quality(model, encoded.features, catalog.item_ids))
+    training = TrainingRecord(config=payload["config"], config_hash=_config_hash(config),
+                              data_fingerprint=payload["fingerprint"], history=payload["history"],
+                              best_epoch=payload["best_epoch"], metrics=payload["metrics"])
+    info = BuildInfo(catalog=str(catalog.source), items=ItemStore.of(catalog, out_dir), users=list(inter.user_ids),
+                     encoder=EncoderSpec.of(encoder), radius=radius, training=training, report=report,
+                     skipped=[str(p) for p in problems], model_file=MODEL_FILE)
     arrays = {"user_embeddings": users, "user_items_indptr": indptr, "user_items_indices": indices,
               **held_arrays}
-    _say(f"index: writing {out_dir} ({catalog.n_items} items, {len(MODALITIES)} modalities + fused)")
+    log.info(f"index: writing {out_dir} ({catalog.n_items} items, {len(NAMES)} modalities + fused)")
     IndexBundle.build(out_dir, item_ids=catalog.item_ids, modality_vectors=vectors, generated=flags,
                       fused=augment_items(items, radius), model_fingerprint=sha256_file(model_file),
-                      encoder_fingerprint=encoded.fingerprint, kind=kind, extra={**extra, **arrays},
+                      encoder_fingerprint=encoded.fingerprint, kind=kind, extra={**info.to_extra(), **arrays},
                       files={MODEL_FILE: model_file})
-    _say(f"done: {out_dir}")
+    log.info(f"done: {out_dir}")
     return out_dir
 
 
@@ -317,22 +269,22 @@ def _with_real(completed: np.ndarray, real: np.ndarray, held: Holdout, m: str) -
 def _say_routes(report: dict[str, Any]) -> None:
     """The held-out generation and route table, then its warnings in plain words."""
     for pair in report["pairs"]:
-        _say(f"held-out {pair['src']} -> {pair['dst']} ({pair['n']} items, {pair['n_candidates']} candidates, "
+        log.info(f"held-out {pair['src']} -> {pair['dst']} ({pair['n']} items, {pair['n_candidates']} candidates, "
              f"chance Hit@10 {pair['chance']:.3f}):")
         for what, scores in (("generation", pair["generation"]), ("route", pair["routes"])):
-            _say(f"  {what:10s} " + "  ".join(f"{k} {v['hit@10']:.2f}" for k, v in scores.items())
+            log.info(f"  {what:10s} " + "  ".join(f"{k} {v['hit@10']:.2f}" for k, v in scores.items())
                  + "   (Hit@10)")
-        _say(f"  auto route: {pair['auto']}")
+        log.info(f"  auto route: {pair['auto']}")
     for warning in report["warnings"]:
-        _say(f"warning: {warning}")
+        log.info(f"warning: {warning}")
 
 
 def report_skips(problems: list[Problem]) -> None:
-    """Print what ``skip_bad`` dropped (the first ``MAX_LISTED_SKIPS``, then a count)."""
+    """Log what ``skip_bad`` dropped (the first ``MAX_LISTED_SKIPS``, then a count)."""
     if not problems:
         return
-    _say(f"skipped: {len(problems)} problem(s) in the catalog")
+    log.info(f"skipped: {len(problems)} problem(s) in the catalog")
     for p in problems[:MAX_LISTED_SKIPS]:
-        _say(f"  {p} -> {'image dropped, item kept' if p.skipped == 'image' else 'row dropped'}")
+        log.info(f"  {p} -> {'image dropped, item kept' if p.skipped == 'image' else 'row dropped'}")
     if len(problems) > MAX_LISTED_SKIPS:
-        _say(f"  ... and {len(problems) - MAX_LISTED_SKIPS} more (all listed in the bundle's meta.json)")
+        log.info(f"  ... and {len(problems) - MAX_LISTED_SKIPS} more (all listed in the bundle's meta.json)")

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
+from retrieval.images import ImageUnreadable, open_rgb
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 DGMREC_MODELS = ("dgmrec-tiny", "dgmrec-compact")
@@ -192,10 +193,7 @@ class ClipEncoder:
 
 
 def _as_rgb(image: Image.Image | str | Path) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
     try:
-        with Image.open(image) as img:
-            return img.convert("RGB")
-    except Exception as e:
+        return open_rgb(image)
+    except ImageUnreadable as e:
         raise DataError(image, f"cannot read image: {e}") from e
