@@ -23,7 +23,9 @@ from retrieval.build.ingest import add_items
 from retrieval.encode.clip import ClipEncoder, sha256_file
 from retrieval.search.engine import Hit, QueryError, SearchEngine
 from retrieval.index.storage import IndexMismatch
-from retrieval.build.pipeline import build_index, choose_holdout
+from retrieval.build.holdout import choose_holdout
+from retrieval.build.options import BuildOptions
+from retrieval.build.pipeline import build_index
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (210, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 210), "yellow": (230, 200, 20),
@@ -104,8 +106,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     catalog, interactions = make_shop(root / "shop")
     encoder = ClipEncoder("dgmrec-tiny", pretrained=None, seed=0, device="cpu")
     index, work = root / "indexes" / "shop", root / "work"
-    build_index(catalog, interactions, index, encoder=encoder, config=CONFIG, work_dir=work, holdout=0.1,
-                progress=False)
+    build_index(catalog, interactions, index, BuildOptions(config=CONFIG, work_dir=work, holdout=0.1, progress=False),
+                encoder=encoder)
     return Built(root, catalog, interactions, index, work, encoder, SearchEngine.load(index, encoder=encoder))
 
 
@@ -171,11 +173,11 @@ def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, caplog
     with open(interactions, "a") as f:
         f.write("u00,unknown-item,99\n")
     with pytest.raises(DataError, match="bad row"):
-        build_index(catalog, interactions, tmp_path / "idx", encoder=built.encoder, config=CONFIG,
-                    work_dir=tmp_path / "work", progress=False)
+        build_index(catalog, interactions, tmp_path / "idx", BuildOptions(config=CONFIG, work_dir=tmp_path / "work",
+                                                                         progress=False), encoder=built.encoder)
     caplog.set_level(logging.INFO, logger="dgmrec")
-    out = build_index(catalog, interactions, tmp_path / "idx", encoder=built.encoder, config=CONFIG,
-                      work_dir=tmp_path / "work", skip_bad=True, holdout=0.0, progress=False)
+    options = BuildOptions(config=CONFIG, work_dir=tmp_path / "work", skip_bad=True, holdout=0.0, progress=False)
+    out = build_index(catalog, interactions, tmp_path / "idx", options, encoder=built.encoder)
     printed = caplog.text
     assert "duplicate item_id" in printed and "image dropped, item kept" in printed
     assert "1 interaction(s) of items not in the catalog" in printed

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from retrieval.build.options import BuildOptions
+from retrieval.encode.spec import EncoderSpec
+from dgmrec_core.options import choices_of, help_of
 from ui.cli_train import add_config_arguments, config_from_args
 
 INDEX_ROOT = Path("indexes")
@@ -33,9 +36,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or INDEX_ROOT / args.name
-    build_index(args.catalog, args.interactions, out, model_name=args.model_name, pretrained=args.pretrained,
-                encoder_seed=args.encoder_seed, config=config_from_args(args), work_dir=args.work_dir,
-                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind, force=args.force)
+    options = BuildOptions(encoder=EncoderSpec(args.model_name, args.pretrained, args.encoder_seed),
+                           config=config_from_args(args), work_dir=args.work_dir, skip_bad=args.skip_bad,
+                           holdout=args.holdout, kind=args.kind, force=args.force)
+    build_index(args.catalog, args.interactions, out, options)
     print(f"built {out}; try: dgmrec search --index {out} --text \"...\"")
     return 0
 
@@ -131,24 +135,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", help="index name: written to ./indexes/NAME")
     where.add_argument("--out", type=Path, help="index folder to write")
-    p.add_argument("--work-dir", type=Path,
-                   help="cache of features and the trained model (default: the index folder + '.work')")
-    p.add_argument("--model-name", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
-    p.add_argument("--pretrained", type=_pretrained, default="laion2b_s34b_b79k",
-                   help="open_clip pretrained tag, a local weights file, or 'none' for seeded random weights "
-                        "(default laion2b_s34b_b79k)")
-    p.add_argument("--encoder-seed", type=int, default=0, help="seed of random encoder weights (--pretrained none)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="drop bad catalog rows (and interactions of unknown items) and list them, "
-                        "instead of stopping at the first problems")
-    p.add_argument("--holdout", type=float, default=0.05,
-                   help="share of items with both modalities that lose one for training, to measure "
-                        "generation against the real feature (default 0.05)")
-    p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
-                   help="FAISS index kind (auto: exact below 50,000 items, IVF above)")
+    build, encoder = BuildOptions(), EncoderSpec()
+    p.add_argument("--work-dir", type=Path, help=help_of(BuildOptions, "work_dir"))
+    p.add_argument("--model-name", default=encoder.model_name, help=help_of(EncoderSpec, "model_name"))
+    p.add_argument("--pretrained", type=_pretrained, default=encoder.pretrained,
+                   help=help_of(EncoderSpec, "pretrained"))
+    p.add_argument("--encoder-seed", type=int, default=encoder.seed, help=help_of(EncoderSpec, "seed"))
+    p.add_argument("--skip-bad", action="store_true", help=help_of(BuildOptions, "skip_bad"))
+    p.add_argument("--holdout", type=float, default=build.holdout, help=help_of(BuildOptions, "holdout"))
+    p.add_argument("--kind", choices=choices_of(BuildOptions, "kind"), default=build.kind,
+                   help=help_of(BuildOptions, "kind"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--force", action="store_true",
-                   help="write the index even over an existing folder that is not an index (its files are replaced)")
+    p.add_argument("--force", action="store_true", help=help_of(BuildOptions, "force"))
     add_config_arguments(p)
     p.set_defaults(func=cmd_build)
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +32,16 @@ from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 from retrieval.catalog import Catalog, Problem, load_catalog
 from retrieval.build.completion import complete_features
+from retrieval.build.holdout import Holdout, choose_holdout, score_heldout, with_real
 from retrieval.build.interactions import catalog_interactions, no_users
-from retrieval.defaults import DEFAULT_MODEL, DEFAULT_PRETRAINED
-from retrieval.encode.clip import ClipEncoder, sha256_file
-from retrieval.encode.cache import encode_catalog
+from retrieval.build.options import BuildOptions
+from retrieval.encode.clip import ClipEncoder, Encoder, sha256_file
+from retrieval.encode.cache import EncodedFeatures, encode_catalog
 from retrieval.index.fused import augment_items, radius_for
 from retrieval.build.report import generation_quality
 from retrieval.index.bundle import IndexBundle
 from retrieval.index.info import MODEL_FILE, BuildInfo, EncoderSpec, GenerationReport, ItemStore, TrainingRecord
 from retrieval.index.storage import check_bundle_target
-from retrieval.index.vectors import normalise
 from retrieval.modalities import MODALITIES, NAMES, require_modalities
 
 MAX_LISTED_SKIPS = 20
@@ -52,27 +50,6 @@ log = logging.getLogger("dgmrec.build")
 
 def _config_hash(config: DGMRecConfig) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
-
-
-@dataclass
-class Holdout:
-    """Items whose ``modality`` is hidden from training; ``rows`` are item positions."""
-
-    rows: np.ndarray
-    modality: list[str]
-
-
-def choose_holdout(observed: dict[str, np.ndarray], share: float, seed: int) -> Holdout:
-    """A seeded ``share`` of the items observing every modality, each losing one modality in turn."""
-    if not 0 <= share < 1:
-        raise DataError(None, f"holdout must be in [0, 1), got {share}", field="holdout")
-    names = list(observed)
-    full = np.flatnonzero(np.all([observed[m] for m in names], axis=0))
-    n = int(round(share * len(full)))
-    if share > 0 and len(full) >= 2:
-        n = max(n, 1)
-    rows = np.random.default_rng(seed).permutation(full)[:n]
-    return Holdout(rows=rows.astype(np.int64), modality=[names[j % len(names)] for j in range(n)])
 
 
 def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: bool) -> tuple[DGMRec, dict]:
@@ -116,38 +93,6 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
     return model, payload
 
 
-def _heldout_report(holdout: Holdout, real: dict[str, np.ndarray], generated: dict[str, np.ndarray],
-                    completed: dict[str, np.ndarray], observed: dict[str, np.ndarray],
-                    item_ids: list[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Scores of the generated features of held-out items, and those features per modality."""
-    entries: list[dict[str, Any]] = []
-    arrays: dict[str, np.ndarray] = {}
-    for m in real:
-        pick = np.asarray([mod == m for mod in holdout.modality], dtype=bool)
-        rows = holdout.rows[pick]
-        arrays[f"heldout_generated_{m}"] = generated[m][rows].astype(np.float32)
-        if not len(rows):
-            continue
-        gen, truth = normalise(generated[m][rows]), normalise(real[m][rows])
-        mean = normalise(real[m][observed[m]].mean(0, keepdims=True))
-        sims = normalise(completed[m]) @ gen.T  # (n_items, n_rows): rank of the real item
-        own = sims[rows, np.arange(len(rows))]
-        ranks = (sims > own[None, :]).sum(0) + 1
-        for j, row in enumerate(rows):
-            entries.append({"item_id": item_ids[row], "row": int(row), "modality": m,
-                            "cosine": float(gen[j] @ truth[j]), "mean_imputation_cosine": float(mean[0] @ truth[j]),
-                            "rank": int(ranks[j])})
-    summary = {}
-    for m in real:
-        mine = [e for e in entries if e["modality"] == m]
-        if mine:
-            summary[m] = {"items": len(mine), "mean_cosine": float(np.mean([e["cosine"] for e in mine])),
-                          "mean_imputation_cosine": float(np.mean([e["mean_imputation_cosine"] for e in mine])),
-                          "median_rank": float(np.median([e["rank"] for e in mine])),
-                          "n_items": int(len(completed[m]))}
-    return {"items": entries, "summary": summary}, arrays
-
-
 def _user_items(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
     """CSR (indptr, indices) of each user's training items."""
     order = np.lexsort((inter.train[:, 1], inter.train[:, 0]))
@@ -156,117 +101,110 @@ def _user_items(inter: Interactions) -> tuple[np.ndarray, np.ndarray]:
     return indptr, inter.train[order, 1].astype(np.int64)
 
 
-def build_index(catalog_path: str | Path, interactions_path: str | Path | None, out_dir: str | Path, *,
-                model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
-                encoder: ClipEncoder | None = None, encoder_seed: int = 0, config: DGMRecConfig | None = None,
-                work_dir: str | Path | None = None, skip_bad: bool = False, holdout: float = 0.05,
-                seed: int | None = None, kind: str = "auto", progress: bool = True, force: bool = False) -> Path:
+def build_index(catalog_path: str | Path, interactions_path: str | Path | None, out_dir: str | Path,
+                options: BuildOptions | None = None, *, encoder: Encoder | None = None) -> Path:
     """Catalog + interactions -> trained DGMRec -> completed features -> index bundle at ``out_dir``.
 
     ``interactions_path`` None: a catalog alone; DGMRec's generation trains on the items' own pairs
-    (``dgmrec_core.content_training``) and the index serves search, not recommendations.
-
-    ``encoder`` (else ``model_name``/``pretrained``/``encoder_seed``) encodes the catalog; features and
-    the model are cached in ``work_dir`` (default ``<out_dir>.work`` beside it), so an unchanged re-run
-    only rebuilds the indexes. ``holdout``: share of items with every modality that lose one for
-    training (``seed``, default ``config.seed``). ``skip_bad`` drops bad catalog rows and interactions
-    of unknown items and lists them. ``kind``: FAISS index kind. ``force``: replace a folder at ``out_dir``
-    that is not an index (refused otherwise). Returns the bundle folder.
+    (``dgmrec_core.content_training``) and the index serves search, not recommendations. ``encoder``
+    encodes the catalog (else the one ``options.encoder`` names is loaded). Features and the model are
+    cached in the work folder, so an unchanged re-run only rebuilds the indexes. Returns the bundle folder.
     """
-    config = config or DGMRecConfig()
-    if not config.use_modalities:
+    options = options or BuildOptions()
+    if not options.config.use_modalities:
         raise DataError(None, "an index needs DGMRec's modality branch to generate missing features; "
                               "the LightGCN baseline (use_modalities off) cannot build one", field="use_modalities")
-    seed = config.seed if seed is None else seed
     out_dir = Path(out_dir)
-    check_bundle_target(out_dir, force=force)
-    work_dir = Path(work_dir) if work_dir is not None else out_dir.with_name(out_dir.name + ".work")
+    check_bundle_target(out_dir, force=options.force)
+    work_dir = options.work_folder(out_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-
-    catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
-    log.info(f"catalog: {catalog.n_items} items from {catalog.source} ("
-         + ", ".join(f"{int(m.observed(catalog).sum())} with {m.article} {m.name}" for m in MODALITIES.values()) + ")")
-    report_skips(problems)
-    require_modalities(catalog, problems)
-    # Interactions are read (and a header-only file refused) before anything is encoded.
-    if interactions_path is None:
-        inter, dropped = no_users(catalog), 0
-    else:
-        inter, dropped = catalog_interactions(Path(interactions_path), catalog, skip_bad=skip_bad, seed=seed)
-    if dropped:
-        log.info(f"skipped: {dropped} interaction(s) of items not in the catalog")
-    log.info(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
-         f"{len(inter.test)} test" if interactions_path is not None else
-         "interactions: none given: search only (generation trained on the items' own pairs; no recommendations)")
-
+    catalog, problems, inter = _read_inputs(catalog_path, interactions_path, options)
     if encoder is None:
-        log.info(f"encoder: loading open_clip {model_name} ({pretrained or 'random weights'})")
-        encoder = ClipEncoder(model_name, pretrained, seed=encoder_seed)
+        log.info(f"encoder: loading open_clip {options.encoder.describe()}")
+        encoder = ClipEncoder(options.encoder.model_name, options.encoder.pretrained, seed=options.encoder.seed)
     encoded = encode_catalog(catalog, encoder, work_dir / "features")
     log.info(f"features: {encoder.model_name}, dim {encoder.embed_dim}; newly encoded "
-         + ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()) + f" (cache {work_dir / 'features'})")
-
-    held = choose_holdout(encoded.observed, holdout, seed)
-    observed = {m: encoded.observed[m].copy() for m in NAMES}
-    for row, m in zip(held.rows, held.modality):
-        observed[m][row] = False
-    modalities = [Modality(m, np.where(observed[m][:, None], encoded.features[m], 0).astype(np.float32),
-                           observed[m]) for m in NAMES]
-    dataset = Dataset(inter, modalities, name=out_dir.name)
+             + ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()) + f" (cache {work_dir / 'features'})")
+    held = choose_holdout(encoded.observed, options.holdout, options.holdout_seed())
     log.info(f"held out: {len(held.rows)} items with both modalities lose one for training (to score generation)")
-
-    model, payload = _train(dataset, config, work_dir, progress)
-
-    log.info("complete: generating missing features")
-    done = complete_features(model, encoded.features, observed)
-    # Held-out rows go back to their real feature (observed); what was generated for them is scored.
-    vectors = {m: _with_real(done.features[m], encoded.features[m], held, m) for m in NAMES}
-    flags = {m: ~encoded.observed[m] for m in NAMES}
-    heldout, held_arrays = _heldout_report(held, encoded.features, done.features, vectors, encoded.observed,
-                                           catalog.item_ids)
-    for m, summary in heldout["summary"].items():
-        log.info(f"generation ({m}, {summary['items']} held-out items): cosine to the real feature "
-             f"{summary['mean_cosine']:.3f} (mean imputation {summary['mean_imputation_cosine']:.3f}), "
-             f"median rank of the real item {summary['median_rank']:.0f} of {summary['n_items']}")
-
-    routes = heldout_report(model, [encoded.features[m] for m in model.names],
-                            [encoded.observed[m] for m in model.names])
-    _say_routes(routes)
-
+    model, payload = _train(_training_set(inter, encoded, held, out_dir.name), options.config, work_dir,
+                            options.progress)
+    vectors, report, held_arrays = _complete(model, encoded, held, catalog)
     with torch.no_grad():
         users, items = model.final_embeddings()
     users, items = users.numpy().astype(np.float32), items.numpy()
     radius = radius_for(items)
-    indptr, indices = _user_items(inter)
-    model_file = work_dir / MODEL_FILE
-    report = GenerationReport(heldout=heldout, routes=routes,
-                              imputation=generation_quality(model, encoded.features, catalog.item_ids))
-    training = TrainingRecord(config=payload["config"], config_hash=_config_hash(config),
+    training = TrainingRecord(config=payload["config"], config_hash=_config_hash(options.config),
                               data_fingerprint=payload["fingerprint"], history=payload["history"],
                               best_epoch=payload["best_epoch"], metrics=payload["metrics"])
     info = BuildInfo(catalog=str(catalog.source), items=ItemStore.of(catalog, out_dir), users=list(inter.user_ids),
                      encoder=EncoderSpec.of(encoder), radius=radius, training=training, report=report,
                      skipped=[str(p) for p in problems], model_file=MODEL_FILE)
+    indptr, indices = _user_items(inter)
     arrays = {"user_embeddings": users, "user_items_indptr": indptr, "user_items_indices": indices,
               **held_arrays}
     log.info(f"index: writing {out_dir} ({catalog.n_items} items, {len(NAMES)} modalities + fused)")
-    IndexBundle.build(out_dir, item_ids=catalog.item_ids, modality_vectors=vectors, generated=flags,
-                      fused=augment_items(items, radius), model_fingerprint=sha256_file(model_file),
-                      encoder_fingerprint=encoded.fingerprint, kind=kind, extra={**info.to_extra(), **arrays},
-                      files={MODEL_FILE: model_file})
+    IndexBundle.build(out_dir, item_ids=catalog.item_ids, modality_vectors=vectors,
+                      generated={m: ~encoded.observed[m] for m in NAMES}, fused=augment_items(items, radius),
+                      model_fingerprint=sha256_file(work_dir / MODEL_FILE), encoder_fingerprint=encoded.fingerprint,
+                      kind=options.kind, extra={**info.to_extra(), **arrays}, files={MODEL_FILE: work_dir / MODEL_FILE})
     log.info(f"done: {out_dir}")
     return out_dir
 
 
-def _with_real(completed: np.ndarray, real: np.ndarray, held: Holdout, m: str) -> np.ndarray:
-    """``completed`` with the held-out rows of modality ``m`` set back to their real features."""
-    rows = held.rows[np.asarray([mod == m for mod in held.modality], dtype=bool)]
-    out = completed.copy()
-    out[rows] = real[rows]
-    return out
+def _read_inputs(catalog_path: str | Path, interactions_path: str | Path | None, options: BuildOptions
+                 ) -> tuple[Catalog, list[Problem], Interactions]:
+    """The catalog (problems listed with ``skip_bad``) and its interactions, read before anything is encoded
+    (so an empty or header-only interactions file fails at once)."""
+    catalog, problems = load_catalog(catalog_path, skip_bad=options.skip_bad)
+    log.info(f"catalog: {catalog.n_items} items from {catalog.source} ("
+             + ", ".join(f"{int(m.observed(catalog).sum())} with {m.article} {m.name}" for m in MODALITIES.values())
+             + ")")
+    report_skips(problems)
+    require_modalities(catalog, problems)
+    if interactions_path is None:
+        log.info("interactions: none given: search only (generation trained on the items' own pairs; "
+                 "no recommendations)")
+        return catalog, problems, no_users(catalog)
+    inter, dropped = catalog_interactions(Path(interactions_path), catalog, skip_bad=options.skip_bad,
+                                          seed=options.holdout_seed())
+    if dropped:
+        log.info(f"skipped: {dropped} interaction(s) of items not in the catalog")
+    log.info(f"interactions: {inter.n_users} users, {len(inter.train)} train / {len(inter.valid)} valid / "
+             f"{len(inter.test)} test")
+    return catalog, problems, inter
 
 
-def _say_routes(report: dict[str, Any]) -> None:
+def _training_set(inter: Interactions, encoded: EncodedFeatures, held: Holdout, name: str) -> Dataset:
+    """The dataset the model trains on: the encoded features with the held-out rows hidden."""
+    observed = held.hide(encoded.observed)
+    modalities = [Modality(m, np.where(observed[m][:, None], encoded.features[m], 0).astype(np.float32),
+                           observed[m]) for m in NAMES]
+    return Dataset(inter, modalities, name=name)
+
+
+def _complete(model: DGMRec, encoded: EncodedFeatures, held: Holdout, catalog: Catalog
+              ) -> tuple[dict[str, np.ndarray], GenerationReport, dict[str, np.ndarray]]:
+    """Every item's features (generated where missing; held-out rows back to their real feature), the
+    generation report, and what was generated for the held-out items."""
+    log.info("complete: generating missing features")
+    done = complete_features(model, encoded.features, held.hide(encoded.observed))
+    vectors = {m: with_real(done.features[m], encoded.features[m], held, m) for m in NAMES}
+    heldout, held_arrays = score_heldout(held, encoded.features, done.features, vectors, encoded.observed,
+                                         catalog.item_ids)
+    for m, summary in heldout["summary"].items():
+        log.info(f"generation ({m}, {summary['items']} held-out items): cosine to the real feature "
+                 f"{summary['mean_cosine']:.3f} (mean imputation {summary['mean_imputation_cosine']:.3f}), "
+                 f"median rank of the real item {summary['median_rank']:.0f} of {summary['n_items']}")
+    routes = heldout_report(model, [encoded.features[m] for m in model.names],
+                            [encoded.observed[m] for m in model.names])
+    _log_routes(routes)
+    report = GenerationReport(heldout=heldout, routes=routes,
+                              imputation=generation_quality(model, encoded.features, catalog.item_ids))
+    return vectors, report, held_arrays
+
+
+def _log_routes(report: dict[str, Any]) -> None:
     """The held-out generation and route table, then its warnings in plain words."""
     for pair in report["pairs"]:
         log.info(f"held-out {pair['src']} -> {pair['dst']} ({pair['n']} items, {pair['n_candidates']} candidates, "

@@ -2,9 +2,9 @@
 
 ``generation_quality`` runs :func:`dgmrec_core.generation_eval.evaluate_generation` on the model's own
 items (the held-out items are those with a real feature the model never saw) and turns it into the
-``imputation`` part of the bundle's ``GenerationReport`` (``retrieval.index.info``): per modality the rank of each held-out
-item's real feature for DGMRec's generated feature and for the nearest-neighbour copy, and Hit@K
-curves of both. ``stored_or_computed`` reads that from a bundle, or computes it from the bundle and the
+``imputation`` part of the bundle's ``GenerationReport`` (``retrieval.index.info``): per modality the
+rank of each held-out item's real feature for DGMRec's generated feature and for the nearest-neighbour
+copy, and Hit@K curves of both. ``stored_or_computed`` reads that from a bundle, or computes it from the bundle and the
 model when an older build did not store it.
 """
 from __future__ import annotations

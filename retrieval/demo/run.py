@@ -32,10 +32,11 @@ from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_EPOCHS
 from retrieval.encode.clip import ClipEncoder, EncoderUnavailable, sha256_file
 from retrieval.encode.finetune import finetune_clip
 from retrieval.index.storage import FORMAT_VERSION, META
-from retrieval.build.pipeline import DEFAULT_MODEL, DEFAULT_PRETRAINED, build_index
+from retrieval.build.options import BuildOptions
+from retrieval.build.pipeline import build_index
 from retrieval.demo.sample_shop import make_sample_shop
 from retrieval.demo.showcase import encoder_note
-from retrieval.index.info import EncoderSpec
+from retrieval.encode.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
 
 # Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
 DEMO_TRAINING = {"epochs": 40, "patience": 5}
@@ -205,8 +206,8 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     else:
         log.info(f"[3/3] index: encode, train DGMRec (up to {config.epochs} epochs), complete missing "
             f"modalities, index -> {index_dir}")
-        build_index(catalog, interactions, index_dir, encoder=encoder, config=config, work_dir=work / "build",
-                    skip_bad=True)
+        options = BuildOptions(config=config, work_dir=work / "build", skip_bad=True)
+        build_index(catalog, interactions, index_dir, options, encoder=encoder)
         atomic_write_text(stamp_path, json.dumps(stamp, indent=2))
     seconds["index"] = time.perf_counter() - t2
     return DemoBuild(index_dir, catalog, interactions, info, seconds)

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from dgmrec_core.jsonfiles import read_json
 from retrieval.search.engine import Hit, Item, QueryError
 from retrieval.build.report import stored_or_computed
-from retrieval.index.info import EncoderSpec
+from retrieval.encode.spec import EncoderSpec
 
 MAX_UPLOAD_BYTES = 20 << 20
 MAX_UPLOAD_PIXELS = 40_000_000

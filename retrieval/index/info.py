@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.catalog import Catalog
+from retrieval.encode.spec import EncoderSpec
 from retrieval.modalities import MODALITIES
 
 MODEL_FILE = "model.pt"  # the bundle's own copy of the trained model
@@ -22,35 +23,6 @@ def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
     """Image paths as stored in a bundle: relative to the bundle folder."""
     base = folder.resolve()
     return [None if p is None else os.path.relpath(Path(p).resolve(), base) for p in paths]
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to rebuild the encoder a bundle was built with: open_clip model name, weights (a pretrained
-    tag, an absolute checkpoint path, or None for random weights) and the seed of random weights."""
-
-    model_name: str
-    pretrained: str | None
-    seed: int = 0
-
-    @classmethod
-    def of(cls, encoder: Any) -> "EncoderSpec":
-        """The spec of a loaded encoder (a checkpoint file is recorded by its absolute path)."""
-        weights = encoder.pretrained
-        if weights is not None and os.path.isfile(weights):
-            weights = str(Path(weights).resolve())
-        return cls(encoder.model_name, weights, encoder.seed)
-
-    def describe(self) -> str:
-        """'MODEL (weights)' for messages."""
-        return f"{self.model_name} ({self.pretrained or 'random weights'})"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "pretrained": self.pretrained, "seed": self.seed}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "EncoderSpec":
-        return cls(value["model_name"], value.get("pretrained"), int(value.get("seed", 0)))
 
 
 @dataclass

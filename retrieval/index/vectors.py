@@ -22,15 +22,14 @@ from tqdm import tqdm
 from dgmrec_core.atomic import atomic_path
 from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
+from retrieval.defaults import AUTO_EXACT_MAX, INDEX_KINDS as KINDS
 
-AUTO_EXACT_MAX = 50_000  # "auto": exact search below this many rows, IVF at or above
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
 DEFAULT_EF_SEARCH = 128  # HNSW candidate list size at search time
 KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 40  # IVF training sample: this many points per list (FAISS wants >= 39)
 SMALL_BATCH = 16  # searches of fewer queries run on one thread (lower latency, no OpenMP overhead)
 ADD_CHUNK = 100_000  # rows normalised and added per step (bounds the extra memory of a build)
-KINDS = ("auto", "flat", "ivf", "hnsw")
 
 
 def _threads(n_queries: int | None) -> None:

@@ -26,7 +26,8 @@ from dgmrec_core.model import DGMRec
 from retrieval.encode.clip import ClipEncoder, sha256_file
 from retrieval.index.fused import augment_queries, dot_scores
 from retrieval.index.bundle import FUSED, IndexBundle
-from retrieval.index.info import BuildInfo, EncoderSpec
+from retrieval.encode.spec import EncoderSpec
+from retrieval.index.info import BuildInfo
 from retrieval.index.storage import IndexMismatch
 from retrieval.images import ImageSource, ImageUnreadable, open_rgb
 from retrieval.modalities import MODALITIES
