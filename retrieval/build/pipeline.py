@@ -73,12 +73,12 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
         return load_model(final)
     if dataset.n_users == 0:
         log.info(f"train: no interactions: DGMRec's generation on the {dataset.n_items} items' own image-text pairs "
-             f"(no users: no recommendations, no personalisation), {config.epochs} epochs")
+                 f"(no users: no recommendations, no personalisation), {config.epochs} epochs")
         result = fit_content(dataset, config, progress=progress)
     else:
         resume = matches(partial)
         log.info(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
-             + (f" (resuming {partial})" if resume else ""))
+                 + (f" (resuming {partial})" if resume else ""))
         result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
     model = result.model
     model.eval()
@@ -208,10 +208,10 @@ def _log_routes(report: dict[str, Any]) -> None:
     """The held-out generation and route table, then its warnings in plain words."""
     for pair in report["pairs"]:
         log.info(f"held-out {pair['src']} -> {pair['dst']} ({pair['n']} items, {pair['n_candidates']} candidates, "
-             f"chance Hit@10 {pair['chance']:.3f}):")
+                 f"chance Hit@10 {pair['chance']:.3f}):")
         for what, scores in (("generation", pair["generation"]), ("route", pair["routes"])):
             log.info(f"  {what:10s} " + "  ".join(f"{k} {v['hit@10']:.2f}" for k, v in scores.items())
-                 + "   (Hit@10)")
+                     + "   (Hit@10)")
         log.info(f"  auto route: {pair['auto']}")
     for warning in report["warnings"]:
         log.info(f"warning: {warning}")

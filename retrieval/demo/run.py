@@ -89,12 +89,12 @@ def finetuned_encoder(catalog_path: Path, work: Path, *, epochs: int = FINETUNE_
         log.info(f"encoder: reusing fine-tuned {COMPACT_MODEL} {checkpoint}")
     else:
         log.info(f"encoder: fine-tuning {COMPACT_MODEL} on {catalog_path} ({epochs} epochs, "
-            f"{'from ' + base_pretrained if base_pretrained else 'from scratch'})")
+                 f"{'from ' + base_pretrained if base_pretrained else 'from scratch'})")
         finetune_clip(catalog_path, checkpoint, model_name=COMPACT_MODEL, base_pretrained=base_pretrained,
                       epochs=epochs)
     record = json.loads(record_path.read_text())
     log.info(f"encoder: {COMPACT_MODEL}, held-out text->image recall@10 {record['eval_recall_at_10']:.3f} "
-        f"({record['n_train_pairs']} training pairs, {record['epochs']} epochs)")
+             f"({record['n_train_pairs']} training pairs, {record['epochs']} epochs)")
     return ClipEncoder(COMPACT_MODEL, str(checkpoint)), record
 
 
@@ -130,7 +130,7 @@ def choose_encoder(mode: str, catalog_path: Path, work: Path, *, model_name: str
                 raise
             note = f"pretrained {model_name} ({pretrained}) weights are not available here ({exc}). "
             log.info(f"encoder: pretrained {model_name} ({pretrained}) unavailable; fine-tuning the compact encoder "
-                "on the catalog instead")
+                     "on the catalog instead")
     encoder, record = finetuned_encoder(catalog_path, work, epochs=finetune_epochs, content_key=content_key)
     if remember:
         _remember(decision_path, request, "compact")
@@ -180,7 +180,7 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
         catalog, interactions = shop / "catalog.csv", shop / "interactions.csv"
     else:
         log.info(f"[1/3] data: catalog {catalog}, " + (f"interactions {interactions}" if interactions else
-                                                   "no interactions (search only, no recommendations)"))
+                                                        "no interactions (search only, no recommendations)"))
     catalog = Path(catalog).resolve()
     interactions = None if interactions is None else Path(interactions).resolve()
     for path in [p for p in (catalog, interactions) if p is not None]:
@@ -205,7 +205,7 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
         log.info(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
     else:
         log.info(f"[3/3] index: encode, train DGMRec (up to {config.epochs} epochs), complete missing "
-            f"modalities, index -> {index_dir}")
+                 f"modalities, index -> {index_dir}")
         options = BuildOptions(config=config, work_dir=work / "build", skip_bad=True)
         build_index(catalog, interactions, index_dir, options, encoder=encoder)
         atomic_write_text(stamp_path, json.dumps(stamp, indent=2))

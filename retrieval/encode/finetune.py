@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 from torchvision import transforms
 from tqdm import tqdm
 
@@ -31,6 +32,7 @@ from retrieval.encode.clip import ClipEncoder
 from retrieval.images import open_rgb
 
 log = logging.getLogger("dgmrec.encode")
+_CLIP_LOSS = ClipLoss()
 MIN_PAIRS = 20
 EVAL_FRACTION = 0.1  # held out for the recall figure: at least this share of the pairs ...
 EVAL_MIN = 20  # ... and at least this many where a fifth of the pairs allows it (chance recall@10 <= 0.5)
@@ -101,7 +103,10 @@ def finetune_clip(catalog_csv: str | Path, out_path: str | Path, *, model_name: 
 
 
 def _train_transform(model: torch.nn.Module) -> transforms.Compose:
-    """Random crop and flip at the model's input size; no colour changes (colour is an attribute)."""
+    """Random crop and flip at the model's input size; no colour changes (colour is an attribute).
+
+    Not open_clip's ``AugmentationCfg`` transform: without timm it neither flips nor takes an aspect
+    ratio range, and the catalog's small pictures need both."""
     cfg = model.visual.preprocess_cfg
     size = cfg["size"] if isinstance(cfg["size"], int) else tuple(cfg["size"])
     return transforms.Compose([
@@ -242,12 +247,10 @@ def _text_view(text: str, rng: np.random.Generator) -> str:
 
 
 def _clip_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch with the model's learnt temperature."""
+    """Symmetric InfoNCE over the batch with the model's learnt temperature (open_clip's ``ClipLoss``)."""
     image = F.normalize(model.encode_image(pixels), dim=-1)
     text = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
-    logits = model.logit_scale.exp() * image @ text.T
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return _CLIP_LOSS(image, text, model.logit_scale.exp())
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:

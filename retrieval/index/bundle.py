@@ -141,23 +141,8 @@ class IndexBundle:
         ids = [str(i) for i in item_ids]
         _check_new_ids(folder, ids, existing=())
         vectors, flags, fused = _check_payload(folder, ids, modality_vectors, generated, fused)
-        extra = dict(extra or {})
-        arrays = {k: np.asarray(v) for k, v in extra.items() if isinstance(v, np.ndarray)}
-        for key in arrays:
-            if not _NAME.match(key):
-                raise DataError(folder, f"extra array name {key!r} must match {_NAME.pattern}", field="extra")
-        files = {str(name): Path(src) for name, src in (files or {}).items()}
-        for name, src in files.items():
-            if Path(name).name != name or name == META or name.endswith((".faiss", ".npy")):
-                raise DataError(folder, f"bundle file name {name!r} must be a plain name, not {META}, "
-                                        f"*.faiss or *.npy", field="files")
-            if not src.is_file():
-                raise DataError(src, "file to copy into the bundle does not exist", field="files")
-        plain = {k: v for k, v in extra.items() if k not in arrays}
-        try:
-            json.dumps({"extra": plain, "encoder_fingerprint": encoder_fingerprint})
-        except (TypeError, ValueError) as exc:
-            raise DataError(folder, f"extra / encoder_fingerprint must be JSON-serialisable ({exc})") from exc
+        plain, arrays = _split_extra(folder, dict(extra or {}), encoder_fingerprint)
+        files = _files_to_copy(folder, files or {})
         indexes = {m: VectorIndex.build(v, kind=kind) for m, v in vectors.items()}
         indexes[FUSED] = VectorIndex.build(fused, kind=kind)
         meta = {
@@ -312,6 +297,33 @@ class IndexBundle:
 
 
 # ---------------------------------------------------------------------- helpers
+def _split_extra(folder: Path, extra: dict[str, Any], encoder_fingerprint: dict | str
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``extra``'s JSON values (checked serialisable, with the encoder fingerprint) and its arrays."""
+    arrays = {k: np.asarray(v) for k, v in extra.items() if isinstance(v, np.ndarray)}
+    for key in arrays:
+        if not _NAME.match(key):
+            raise DataError(folder, f"extra array name {key!r} must match {_NAME.pattern}", field="extra")
+    plain = {k: v for k, v in extra.items() if k not in arrays}
+    try:
+        json.dumps({"extra": plain, "encoder_fingerprint": encoder_fingerprint})
+    except (TypeError, ValueError) as exc:
+        raise DataError(folder, f"extra / encoder_fingerprint must be JSON-serialisable ({exc})") from exc
+    return plain, arrays
+
+
+def _files_to_copy(folder: Path, files: dict[str, str | Path]) -> dict[str, Path]:
+    """Bundle file name -> existing source file, each name a plain one that no bundle file of its own takes."""
+    out = {str(name): Path(src) for name, src in files.items()}
+    for name, src in out.items():
+        if Path(name).name != name or name == META or name.endswith((".faiss", ".npy")):
+            raise DataError(folder, f"bundle file name {name!r} must be a plain name, not {META}, "
+                                    f"*.faiss or *.npy", field="files")
+        if not src.is_file():
+            raise DataError(src, "file to copy into the bundle does not exist", field="files")
+    return out
+
+
 def _check_new_ids(folder: Path, ids: list[str], existing: Sequence[str]) -> None:
     seen = set(existing)
     dupes = sorted({i for i, c in Counter(ids).items() if c > 1 or i in seen})
