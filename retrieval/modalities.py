@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dgmrec_core.errors import DataError
+from retrieval.catalog import REQUIRED_COLUMNS, Catalog, Problem
 
 if TYPE_CHECKING:
-    from retrieval.catalog import Catalog, Problem
     from retrieval.encode.clip import Encoder
 
 
@@ -77,8 +77,6 @@ NAMES = tuple(MODALITIES)
 def require_modalities(catalog: Catalog, problems: Sequence[Problem] = ()) -> None:
     """Refuse (``DataError``) a catalog to build from where some modality has no item at all: DGMRec
     learns each modality from the items that have it, so it needs some of each."""
-    from retrieval.catalog import REQUIRED_COLUMNS
-
     missing = sorted((m for m in MODALITIES.values() if not m.observed(catalog).any()),
                      key=lambda m: REQUIRED_COLUMNS.index(m.column))  # named in the catalog's column order
     if not missing:
