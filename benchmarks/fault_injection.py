@@ -67,7 +67,7 @@ def run_to_end(args: list[str], cwd: Path) -> float:
 # ---------------------------------------------------------------------- data
 def make_data(root: Path) -> None:
     """shop/ (catalog, interactions, images), new.csv (5 more items), train/ (interactions and features)."""
-    from retrieval.sample_shop import make_sample_shop
+    from retrieval.demo.sample_shop import make_sample_shop
 
     shop = make_sample_shop(root / "shop", n_items=60, n_users=30, image_size=32)
     with open(shop / "catalog.csv", newline="") as f:
@@ -111,9 +111,9 @@ _ENCODER: list[Any] = []
 
 def index_answers(index: Path) -> dict[str, Any]:
     """Everything the index answers to a fixed set of queries; raises when it does not load or verify."""
-    from retrieval.encoders import ClipEncoder
-    from retrieval.engine import SearchEngine
-    from retrieval.indexes import verify_bundle
+    from retrieval.encode.clip import ClipEncoder
+    from retrieval.search.engine import SearchEngine
+    from retrieval.index.storage import verify_bundle
 
     problems = verify_bundle(index)
     if problems:

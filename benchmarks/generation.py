@@ -60,7 +60,7 @@ def load_ml100k() -> Dataset:
 
 def load_sample_shop() -> Dataset:
     """The demo's shop: real features from its index (generated rows zeroed), its interaction log."""
-    from retrieval.indexes import IndexBundle  # the benchmark reads the product's own index
+    from retrieval.index.bundle import IndexBundle  # the benchmark reads the product's own index
 
     bundle = IndexBundle.load(SHOP_INDEX)
     modalities = []

@@ -48,14 +48,16 @@ def _free_port() -> int:
 
 def build(work: Path, n_items: int) -> tuple[Path, Path, list[str]]:
     """A small index of the sample shop: (index folder, shop folder, user ids)."""
-    from retrieval.engine import SearchEngine
-    from retrieval.pipeline import build_index
-    from retrieval.sample_shop import make_sample_shop
+    from retrieval.search.engine import SearchEngine
+    from retrieval.build.options import BuildOptions
+    from retrieval.build.pipeline import build_index
+    from retrieval.encode.spec import EncoderSpec
+    from retrieval.demo.sample_shop import make_sample_shop
 
     shop = make_sample_shop(work / "shop", n_items=n_items, n_users=n_items // 2, image_size=64)
-    index = build_index(shop / "catalog.csv", shop / "interactions.csv", work / "index", model_name="dgmrec-tiny",
-                        pretrained=None, config=replace(DGMRecConfig(), epochs=2, batch_size=1024), holdout=0.1,
-                        progress=False)
+    options = BuildOptions(encoder=EncoderSpec("dgmrec-tiny", None), holdout=0.1, progress=False,
+                           config=replace(DGMRecConfig(), epochs=2, batch_size=1024))
+    index = build_index(shop / "catalog.csv", shop / "interactions.csv", work / "index", options)
     return index, shop, SearchEngine.load(index).users()
 
 

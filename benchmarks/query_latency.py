@@ -19,8 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from retrieval.encoders import ClipEncoder  # noqa: E402
-from retrieval.engine import SearchEngine  # noqa: E402
+from retrieval.encode.clip import ClipEncoder  # noqa: E402
+from retrieval.search.engine import SearchEngine  # noqa: E402
 
 WORDS = ["red", "blue", "green", "striped", "dotted", "mug", "lamp", "chair", "bag", "shoe", "hat", "bottle"]
 

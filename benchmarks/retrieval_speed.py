@@ -5,8 +5,8 @@ spread along its own low-rank directions plus isotropic noise, so approximate se
 realistic neighbour structure rather than uniform noise), then for the exact index and the
 approximate one: build time, resident-memory growth, single-query latency p50/p99, recall@10 against
 exact; and the latency of "translation + search", where translation is ``translate_fn`` applied to
-one raw query feature. By default ``translate_fn`` is ``make_query_path``: a torch network with the
-same layer shapes as DGMRec's query path (DESIGN.md section 3), randomly initialised.
+one raw query feature. By default ``translate_fn`` is ``make_query_path``: DGMRec's own query path,
+untrained (DESIGN.md section 3).
 
 Run: python benchmarks/retrieval_speed.py [--sizes 10000 100000 1000000] [--dim 512]
 """
@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from retrieval.indexes import VectorIndex  # noqa: E402
+from dgmrec_core.config import DGMRecConfig  # noqa: E402
+from dgmrec_core.data import Dataset, Modality  # noqa: E402
+from dgmrec_core.interactions import build_interactions  # noqa: E402
+from dgmrec_core.model import DGMRec  # noqa: E402
+from retrieval.index.vectors import VectorIndex  # noqa: E402
 
 TranslateFn = Callable[[np.ndarray], np.ndarray]
 K = 10
@@ -58,27 +61,24 @@ def clustered_unit_vectors(n: int, d: int, *, centres: int = 2000, rank: int = 3
     return out
 
 
-def make_query_path(d_in: int, d_out: int, d: int = 64, seed: int = 0) -> TranslateFn:
-    """A stand-in for DGMRec's query path with the same layer shapes (dgmrec_core.model.DGMRec):
-
-    general encoder g = sigmoid(Linear(d, d)(tanh(Linear(d_in, d)(x)))), translator
-    Linear(d, d)-tanh-Linear(d, d) on g, specific generator Linear(d, d)-tanh-Linear(d, d) on a fixed
-    (precomputed) mean preference, decoder Linear(2d, d_out) on [g_hat, s_hat]. Random weights: only
-    the cost matters here.
-    """
+def make_query_path(d_in: int, d_out: int, seed: int = 0) -> TranslateFn:
+    """DGMRec's own query path (``DGMRec.query_to_modality``, DESIGN.md section 3) with the default
+    configuration, untrained, attached to a small random catalog: only the cost matters here."""
     torch.manual_seed(seed)
-    enc, shared = nn.Linear(d_in, d), nn.Linear(d, d)
-    translator = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
-    generator = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
-    decoder = nn.Linear(2 * d, d_out)
-    preference = torch.tanh(torch.randn(1, d))
+    rng = np.random.default_rng(seed)
+    n_users, n_items = 16, 64
+    users, items = np.repeat(np.arange(n_users), 8), rng.integers(0, n_items, size=8 * n_users)
+    inter = build_interactions(users.astype(str), items.astype(str), seed=seed,
+                               item_ids=[str(i) for i in range(n_items)])
+    modalities = [Modality(name, rng.normal(size=(n_items, dim)).astype(np.float32), np.ones(n_items, dtype=bool))
+                  for name, dim in (("query", d_in), ("index", d_out))]
+    model = DGMRec(DGMRecConfig(), n_users, n_items, [d_in, d_out], ["query", "index"])
+    model.attach(Dataset(inter, modalities, name="speed"))
+    model.eval()
 
     @torch.inference_mode()
     def translate(x: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, d_in))
-        g_hat = translator(torch.sigmoid(shared(torch.tanh(enc(xt)))))
-        s_hat = generator(preference.expand(len(xt), -1))
-        return decoder(torch.cat([g_hat, s_hat], dim=1)).numpy()
+        return model.query_to_modality(0, 1, torch.from_numpy(np.asarray(x, dtype=np.float32).reshape(-1, d_in))).numpy()
 
     return translate
 

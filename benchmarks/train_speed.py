@@ -98,7 +98,7 @@ def scenario_clothing(args: argparse.Namespace) -> dict:
 def scenario_items200k(args: argparse.Namespace) -> dict:
     from dgmrec_core.model import DGMRec
     from dgmrec_core.trainer import NegativeSampler
-    from retrieval.knn import faiss_knn
+    from benchmarks.knn import faiss_knn
 
     dataset = synthetic(50_000, 200_000, 600_000, 512)
     config = DGMRecConfig()

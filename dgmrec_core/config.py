@@ -9,54 +9,90 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .options import option
 
 
 @dataclass
 class DGMRecConfig:
-    """All settable options of the model and its training, with their help text in ``HELP``."""
+    """All settable options of the model and its training, each with its help text (``option``)."""
 
-    embedding_size: int = 64
-    n_ui_layers: int = 3
-    n_mm_layers: int = 2
-    knn_k: int = 10
-    knn_observed_only: bool = False
-    additive: float = 0.1
-    avg_lambda: float = 0.4
-    refresh_every: int = 5
-    inter_modal: float = 0.01
-    inter_modal_temp: float = 0.4
-    intra_modal: float = 0.01
-    intra_modal_temp: float = 0.2
-    align_bm: float = 0.01
-    align_bm_temp: float = 0.4
-    recon: float = 0.1
-    reg: float = 0.1
-    reg_id: float = 1e-5
-    sampler: float = 0.01
-    club_steps: int = 5
-    club_lr: float = 1e-4
-    lr: float = 1e-3
-    batch_size: int = 2048
-    epochs: int = 500
-    patience: int = 26
-    eval_every: int = 3
-    imputation: str = "mean"
-    generation_space: str = "propagated"
-    generator: str = "contrastive"
-    gen_temp: float = 0.1
-    gen_weight: float = 1.0
-    gen_refit_steps: int = 1000
-    gen_calibration: bool = True
-    untrained_items: str = "content-neighbours"
-    generation: bool = True
-    use_modalities: bool = True
-    train_features: bool = False
-    bf16_logits: bool = False
-    seed: int = 2024
+    embedding_size: int = option(64, "embedding size d of every representation")
+    n_ui_layers: int = option(3, "LightGCN layers on the user-item graph")
+    n_mm_layers: int = option(2, "propagation layers on each modality's item kNN graph")
+    knn_k: int = option(10, "neighbours per item in the modality kNN graphs")
+    knn_observed_only: bool = option(False, "build each modality's kNN among items observing it (off = the paper's "
+                                            "code: search all items, then cut edges to missing ones)")
+    additive: float = option(0.1, "weight of the generation losses (specific generators and cross-modal "
+                                  "translators)")
+    avg_lambda: float = option(0.4, "blend of a rebuilt kNN row into the old one for generated items: new = "
+                                    "l*rebuilt + (1-l)*old")
+    refresh_every: int = option(5, "epochs between kNN-row refreshes of generated items")
+    inter_modal: float = option(0.01, "weight of the inter-modal InfoNCE (general parts of different modalities, "
+                                      "items and users)")
+    inter_modal_temp: float = option(0.4, "temperature of the inter-modal InfoNCE")
+    intra_modal: float = option(0.01, "weight of the user-item InfoNCE alignments (CF, general, specific spaces)")
+    intra_modal_temp: float = option(0.2, "temperature of the user-item InfoNCE alignments")
+    align_bm: float = option(0.01, "weight of the behaviour-modality InfoNCE (ID embedding vs summed general)")
+    align_bm_temp: float = option(0.4, "temperature of the behaviour-modality InfoNCE")
+    recon: float = option(0.1, "weight of the feature reconstruction loss (decoder([g, s]) -> x)")
+    reg: float = option(0.1, "L2 weight on the modality representations")
+    reg_id: float = option(1e-5, "L2 weight on the batch's collaborative (LightGCN) embeddings")
+    sampler: float = option(0.01, "weight of the CLUB mutual-information upper bound between specific and general "
+                                  "parts")
+    club_steps: int = option(5, "CLUB estimator optimisation steps per epoch")
+    club_lr: float = option(1e-4, "learning rate of the CLUB estimator's own optimiser")
+    lr: float = option(1e-3, "Adam learning rate")
+    batch_size: int = option(2048, "BPR triples per batch")
+    epochs: int = option(500, "maximum training epochs (the cap of the stopping rule; also the fixed length of "
+                              "training when the validation split is too sparse to stop on)")
+    patience: int = option(26, "early stopping: validations (one every eval_every epochs) without a better "
+                               "validation Recall@20; the defaults are the paper's reference rule (every 3 epochs, "
+                               "26 validations, cap 500), which goes on through LightGCN's transient early dip")
+    eval_every: int = option(3, "epochs between validation evaluations (the last epoch is always validated)")
+    imputation: str = option("mean", "initial fill of missing feature rows: 'mean' of observed rows or 'zero'")
+    generation_space: str = option("propagated", "with --generator paper, where translators and decoders learn (the"
+                                                 " contrastive generator always uses the encoders' own parts): "
+                                                 "'propagated' (the paper's code: preference-filtered, "
+                                                 "graph-propagated parts; the decoder also learns from generated "
+                                                 "rows) or 'raw' (the encoders' own g and s, the space generation "
+                                                 "and queries feed them; the decoder learns from observed rows "
+                                                 "only)")
+    generator: str = option("contrastive", "how missing features are generated: 'contrastive' (the default, "
+                                           "docs/DESIGN.md 'Generation'): translators, specific generators and "
+                                           "decoders learn on the encoders' own parts of observed rows, and the "
+                                           "whole chain decoder([translator(g_src), gen(f)]) is trained end to end "
+                                           "against the item's real feature with InfoNCE + MSE, then calibrated to "
+                                           "the real features' distribution; 'paper': exactly the published method "
+                                           "(MSE losses only; space set by generation_space)")
+    gen_temp: float = option(0.1, "temperature of the contrastive generator's InfoNCE (generated feature vs the "
+                                  "batch's real features)")
+    gen_weight: float = option(1.0, "contrastive generator: weight of the end-to-end generation loss (InfoNCE + MSE"
+                                    " of the whole chain)")
+    gen_refit_steps: int = option(1000, "contrastive generator: steps of the refit after training (its own copy of "
+                                        "the general encoder, translators, specific generators and decoders fitted "
+                                        "on the items' own modality pairs; recommendation scores unchanged); 0 = "
+                                        "off")
+    gen_calibration: bool = option(True, "contrastive generator: match each generated dimension's mean and spread "
+                                         "to the real features' (off = raw decoder output)")
+    untrained_items: str = option("content-neighbours", "items without a training interaction (new or cold "
+                                                       "items): 'content-neighbours' (the default, docs/DESIGN.md "
+                                                       "'Untrained items'): their collaborative embedding is the "
+                                                       "weighted mean of their trained neighbours' in the modality "
+                                                       "kNN graphs; 'paper': their ID embedding stays at its random "
+                                                       "initialisation, as in the paper's code")
+    generation: bool = option(True, "generate missing features each epoch (off = the no-generation baseline: "
+                                    "features stay imputed)")
+    use_modalities: bool = option(True, "off = plain LightGCN baseline (no modality branch at all)")
+    train_features: bool = option(False, "make raw feature rows trainable parameters, as the official code does")
+    bf16_logits: bool = option(False, "compute the InfoNCE similarity products in bfloat16 (off, the default: "
+                                      "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
+                                      "new shape grows oneDNN's primitive cache)")
+    seed: int = option(2024, "random seed of initialisation, sampling and masks")
 
     def __post_init__(self) -> None:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
-                   "generator": ("contrastive", "paper"), "untrained_items": ("content-neighbours", "paper")}
+                   "generator": ("contrastive", "paper"),
+                   "untrained_items": ("content-neighbours", "paper")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -107,64 +143,4 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "align_bm_temp": (0, True), "recon": (0, False), "reg": (0, False), "reg_id": (0, False), "sampler": (0, False),
     "club_steps": (0, False), "club_lr": (0, True), "lr": (0, True), "batch_size": (0, True), "epochs": (0, True),
     "patience": (0, True), "eval_every": (0, True), "gen_temp": (0, True), "gen_weight": (0, False), "gen_refit_steps": (0, False),
-}
-
-HELP: dict[str, str] = {
-    "embedding_size": "embedding size d of every representation",
-    "n_ui_layers": "LightGCN layers on the user-item graph",
-    "n_mm_layers": "propagation layers on each modality's item kNN graph",
-    "knn_k": "neighbours per item in the modality kNN graphs",
-    "knn_observed_only": "build each modality's kNN among items observing it (off = the paper's code: "
-                         "search all items, then cut edges to missing ones)",
-    "additive": "weight of the generation losses (specific generators and cross-modal translators)",
-    "avg_lambda": "blend of a rebuilt kNN row into the old one for generated items: new = l*rebuilt + (1-l)*old",
-    "refresh_every": "epochs between kNN-row refreshes of generated items",
-    "inter_modal": "weight of the inter-modal InfoNCE (general parts of different modalities, items and users)",
-    "inter_modal_temp": "temperature of the inter-modal InfoNCE",
-    "intra_modal": "weight of the user-item InfoNCE alignments (CF, general, specific spaces)",
-    "intra_modal_temp": "temperature of the user-item InfoNCE alignments",
-    "align_bm": "weight of the behaviour-modality InfoNCE (ID embedding vs summed general)",
-    "align_bm_temp": "temperature of the behaviour-modality InfoNCE",
-    "recon": "weight of the feature reconstruction loss (decoder([g, s]) -> x)",
-    "reg": "L2 weight on the modality representations",
-    "reg_id": "L2 weight on the batch's collaborative (LightGCN) embeddings",
-    "sampler": "weight of the CLUB mutual-information upper bound between specific and general parts",
-    "club_steps": "CLUB estimator optimisation steps per epoch",
-    "club_lr": "learning rate of the CLUB estimator's own optimiser",
-    "lr": "Adam learning rate",
-    "batch_size": "BPR triples per batch",
-    "epochs": "maximum training epochs (the cap of the stopping rule; also the fixed length of training when the "
-              "validation split is too sparse to stop on)",
-    "patience": "early stopping: validations (one every eval_every epochs) without a better validation Recall@20; "
-                "the defaults are the paper's reference rule (every 3 epochs, 26 validations, cap 500), which goes "
-                "on through LightGCN's transient early dip",
-    "eval_every": "epochs between validation evaluations (the last epoch is always validated)",
-    "imputation": "initial fill of missing feature rows: 'mean' of observed rows or 'zero'",
-    "generation_space": "with --generator paper, where translators and decoders learn (the contrastive generator "
-                        "always uses the encoders' own parts): 'propagated' (the paper's code: preference-filtered, "
-                        "graph-propagated parts; the decoder also learns from generated rows) or 'raw' (the "
-                        "encoders' own g and s, the space generation and queries feed them; the decoder learns "
-                        "from observed rows only)",
-    "generator": "how missing features are generated: 'contrastive' (the default, docs/DESIGN.md 'Generation'): "
-                 "translators, specific generators and decoders learn on the encoders' own parts of observed rows, "
-                 "and the whole chain decoder([translator(g_src), gen(f)]) is trained end to end against the "
-                 "item's real feature with InfoNCE + MSE, then calibrated to the real features' distribution; "
-                 "'paper': exactly the published method (MSE losses only; space set by generation_space)",
-    "gen_temp": "temperature of the contrastive generator's InfoNCE (generated feature vs the batch's real features)",
-    "gen_weight": "contrastive generator: weight of the end-to-end generation loss (InfoNCE + MSE of the whole chain)",
-    "gen_refit_steps": "contrastive generator: steps of the refit after training (its own copy of the general "
-                       "encoder, translators, specific generators and decoders fitted on the items' own modality pairs; "
-                       "recommendation scores unchanged); 0 = off",
-    "gen_calibration": "contrastive generator: match each generated dimension's mean and spread to the real "
-                       "features' (off = raw decoder output)",
-    "untrained_items": "items without a training interaction (new or cold items): 'content-neighbours' (the "
-                       "default, docs/DESIGN.md 'Untrained items'): their collaborative embedding is the weighted "
-                       "mean of their trained neighbours' in the modality kNN graphs; 'paper': their ID embedding "
-                       "stays at its random initialisation, as in the paper's code",
-    "generation": "generate missing features each epoch (off = the no-generation baseline: features stay imputed)",
-    "use_modalities": "off = plain LightGCN baseline (no modality branch at all)",
-    "train_features": "make raw feature rows trainable parameters, as the official code does",
-    "bf16_logits": "compute the InfoNCE similarity products in bfloat16 (off, the default: float32 throughout; on CPU it is "
-                    "no faster at distinct-row sizes, and each new shape grows oneDNN's primitive cache)",
-    "seed": "random seed of initialisation, sampling and masks",
 }

@@ -5,7 +5,7 @@
 the lock file ``.NAME.lock`` (``fcntl.flock``, non-blocking). Readers resolve the link once and see one
 whole version; a kill at any step leaves the old or the new version loadable by name. A real folder
 from before this layout is renamed to a version first (readers then fall back to the newest complete
-version). Index bundles (``retrieval/indexes.py``) and training runs (``dgmrec train --out``) use it.
+version). Index bundles (``retrieval/index/``) and training runs (``dgmrec train --out``) use it.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +26,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
 from dgmrec_core.parquet import is_parquet, read_parquet
+from retrieval.images import image_problem
 
 REQUIRED_COLUMNS = ("item_id", "text", "image")
 MAX_LISTED_PROBLEMS = 10
@@ -219,29 +220,6 @@ def _parse_parquet(path: Path) -> tuple[list[_Record], list[Problem]]:
     return records, problems
 
 
-def _check_image(path: Path) -> str | None:
-    """Return why the image at ``path`` is unusable, or None when it decodes in full.
-
-    ``load()``, not ``verify()``: verify passes a truncated JPEG that the encoder then fails on.
-    """
-    if not path.exists():
-        return f"image file not found: {path}"
-    if not path.is_file():
-        return f"image path is not a file: {path}"
-    try:
-        with Image.open(path) as img:
-            pixels = img.width * img.height
-            if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
-                return (f"image too large (possible decompression bomb): {path}: {pixels} pixels, "
-                        f"the limit is {Image.MAX_IMAGE_PIXELS}")
-            img.load()
-    except Image.DecompressionBombError as e:
-        return f"image too large (possible decompression bomb): {path}: {e}"
-    except Exception as e:  # PIL raises many types on corrupt data (OSError, SyntaxError, ...)
-        return f"image unreadable or corrupt: {path}: {e}"
-    return None
-
-
 def _outside(path: Path, base: Path) -> str | None:
     """Why ``path`` (resolved, links followed) may not be a catalog image: it lies outside ``base``."""
     if path.is_relative_to(base):
@@ -257,10 +235,10 @@ def _image_problems(records: list[_Record], base: Path) -> tuple[list[Path | Non
     wanted = [(base / rec.image.strip()).resolve() if rec.image and rec.image.strip() else None for rec in records]
     outside = {i: _outside(p, base) for i, p in enumerate(wanted) if p is not None}
     todo = [p for i, p in enumerate(wanted) if p is not None and outside[i] is None]
-    workers = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
+    workers = min(_DECODE_THREADS, available_cpus())
     with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:  # PIL decodes without the GIL
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # _check_image reports those images
-        reasons = iter(list(tqdm(pool.map(_check_image, todo), total=len(todo), desc="decoding images", unit="img",
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # image_problem reports those images
+        reasons = iter(list(tqdm(pool.map(image_problem, todo), total=len(todo), desc="decoding images", unit="img",
                                  leave=False, disable=len(todo) < _PROGRESS_MIN_IMAGES)))
     paths: list[Path | None] = []
     problems: list[Problem] = []
@@ -314,64 +292,3 @@ def load_catalog(path: str | Path, *, skip_bad: bool = False) -> tuple[Catalog, 
     catalog = Catalog(item_ids=[rec.item_id for rec in kept], texts=texts, image_paths=image_paths,
                       source=path, extra=[rec.extra for rec in kept])
     return catalog, problems
-
-
-def require_modalities(catalog: Catalog, problems: list[Problem] = ()) -> None:
-    """Refuse (``DataError``) a catalog to build from where no item has a text, or no item has an image:
-    DGMRec learns each modality from the items that have it, so it needs some of both."""
-    missing = [m for m, has in (("text", catalog.has_text), ("image", catalog.has_image)) if not has.any()]
-    if not missing:
-        return
-    skipped = sum(p.skipped == "image" for p in problems)
-    what = " or ".join(f"an {m}" if m == "image" else f"a {m}" for m in missing)
-    note = f" ({skipped} image(s) were skipped as bad)" if skipped and "image" in missing else ""
-    raise DataError(catalog.source, f"no item of the {catalog.n_items} has {what}{note}: an index needs some items "
-                                    f"with a text and some with an image to learn to generate the missing ones; "
-                                    f"fill the {' and '.join(repr(m) for m in missing)} column(s) for some items",
-                    field=missing[0])
-
-
-def load_catalog_interactions(path: str | Path, catalog: Catalog
-                              ) -> tuple[list[str], list[str], np.ndarray | None]:
-    """Read a CSV/TSV interactions file (``user_id``, ``item_id``, optional ``rating``, ``timestamp``).
-
-    Every item id must be in ``catalog``; bad rows raise one DataError with their line numbers.
-    Returns (user ids, item ids, float64 timestamps or None when there is no ``timestamp`` column).
-    """
-    path = Path(path).resolve()
-    rows = _csv_rows(path, _delimiter_for(path))
-    first = next(rows, None)
-    if first is None:
-        raise DataError(path, "empty file: expected a header with columns user_id, item_id")
-    names = _csv_header(path, first[1], ("user_id", "item_id"))
-    col_user, col_item = names.index("user_id"), names.index("item_id")
-    col_time = names.index("timestamp") if "timestamp" in names else None
-
-    users: list[str] = []
-    items: list[str] = []
-    times: list[float] = []
-    problems: list[Problem] = []
-    known = catalog.index
-    for line, fields in rows:
-        if len(fields) != len(names):
-            problems.append(Problem(line, None, f"has {len(fields)} fields but the header has {len(names)}"))
-            continue
-        user, item = fields[col_user].strip(), fields[col_item].strip()
-        if not user or not item:
-            problems.append(Problem(line, item or None, "empty user_id or item_id"))
-            continue
-        if item not in known:
-            problems.append(Problem(line, item, f"unknown item_id (not in catalog {catalog.source.name})"))
-            continue
-        if col_time is not None:
-            try:
-                times.append(float(fields[col_time]))
-            except ValueError:
-                problems.append(Problem(line, item, f"timestamp {fields[col_time]!r} is not a number"))
-                continue
-        users.append(user)
-        items.append(item)
-    _raise_problems(path, problems)
-    if not users:
-        raise DataError(path, "no interactions")
-    return users, items, (np.asarray(times, dtype=np.float64) if col_time is not None else None)

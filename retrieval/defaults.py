@@ -2,8 +2,6 @@
 
 Light on purpose (no torch, open_clip, faiss or gradio): ``dgmrec --help`` reads it.
 """
-DEFAULT_MODEL = "ViT-B-32"
-DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
 COMPACT_MODEL = "dgmrec-compact"
 ENCODER_MODES = ("auto", "pretrained", "compact")
 
@@ -11,3 +9,6 @@ FINETUNE_EPOCHS = 20
 FINETUNE_BATCH = 32  # the most pairs per batch; small catalogs get smaller batches (finetune.batch_for)
 SCRATCH_LR = 1e-3  # fine-tuning learning rate from random weights ...
 PRETRAINED_LR = 1e-5  # ... and from pretrained weights
+
+INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+AUTO_EXACT_MAX = 50_000  # index kind "auto": exact search below this many rows, IVF at or above

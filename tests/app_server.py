@@ -47,22 +47,23 @@ def shared_server() -> Server:
 
 
 def _start() -> Server:
-    from retrieval.engine import SearchEngine
-    from retrieval.pipeline import build_index
-    from retrieval.sample_shop import make_sample_shop
+    from retrieval.search.engine import SearchEngine
+    from retrieval.build.options import BuildOptions
+    from retrieval.build.pipeline import build_index
+    from retrieval.encode.spec import EncoderSpec
+    from retrieval.demo.sample_shop import make_sample_shop
     from ui.app import launch
 
     root = Path(tempfile.mkdtemp(prefix="dgmrec-app-test-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     shop = make_sample_shop(root / "shop", n_items=300, n_users=150, image_size=64)
     config = replace(DGMRecConfig(), epochs=2, batch_size=1024)
-    index_dir = build_index(shop / "catalog.csv", shop / "interactions.csv", root / "index",
-                            model_name="dgmrec-tiny", pretrained=None, config=config, holdout=0.1,
-                            progress=False)
+    options = BuildOptions(encoder=EncoderSpec("dgmrec-tiny", None), config=config, holdout=0.1, progress=False)
+    index_dir = build_index(shop / "catalog.csv", shop / "interactions.csv", root / "index", options)
     engine = SearchEngine.load(index_dir)
     port = _free_port()
     app = launch(engine, {"index": "test-shop"}, host="127.0.0.1", port=port, block=False)
     atexit.register(app.close)
-    heldout = [e["item_id"] for e in engine.generation_report()["items"]]
+    heldout = [e["item_id"] for e in engine.info.report.heldout["items"]]
     return Server(url=f"http://127.0.0.1:{port}/", index_dir=index_dir, shop=shop, users=engine.users(),
                   heldout=heldout)

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from app_server import GRADIO_PANDAS_WARNINGS, shared_server
-from retrieval.engine import QueryError
-from retrieval.showcase import MAX_UPLOAD_PIXELS, check_query_image
+from retrieval.search.engine import QueryError
+from retrieval.demo.showcase import MAX_UPLOAD_PIXELS, check_query_image
 
 pytestmark = pytest.mark.filterwarnings(GRADIO_PANDAS_WARNINGS)
 
@@ -91,9 +92,9 @@ def test_every_app_option_has_help() -> None:
         (Path(".cache/demo"), "sample-shop", 7860, "127.0.0.1", 3000)
 
 
-def test_auto_encoder_falls_back_to_the_compact_one_and_remembers(tmp_path: Path, monkeypatch) -> None:
-    from retrieval import demo
-    from retrieval.encoders import ClipEncoder, EncoderUnavailable
+def test_auto_encoder_falls_back_to_the_compact_one_and_remembers(tmp_path: Path, monkeypatch, caplog) -> None:
+    from retrieval.demo import run as demo
+    from retrieval.encode.clip import ClipEncoder, EncoderUnavailable
 
     tries = []
 
@@ -107,21 +108,21 @@ def test_auto_encoder_falls_back_to_the_compact_one_and_remembers(tmp_path: Path
 
     monkeypatch.setattr(demo, "_load_pretrained", unavailable)
     monkeypatch.setattr(demo, "finetuned_encoder", compact)
-    messages: list[str] = []
-    encoder, info = demo.choose_encoder("auto", tmp_path / "catalog.csv", tmp_path, say=messages.append)
+    caplog.set_level(logging.INFO, logger="dgmrec")
+    encoder, info = demo.choose_encoder("auto", tmp_path / "catalog.csv", tmp_path)
     assert info["kind"] == "fine-tuned" and "not available here" in info["note"]
-    assert any("unavailable; fine-tuning the compact encoder" in m for m in messages)
+    assert any("unavailable; fine-tuning the compact encoder" in m for m in caplog.messages)
     assert json.loads((tmp_path / "encoder.json").read_text())["choice"] == "compact"
 
-    encoder, info = demo.choose_encoder("auto", tmp_path / "catalog.csv", tmp_path, say=messages.append)
+    encoder, info = demo.choose_encoder("auto", tmp_path / "catalog.csv", tmp_path)
     assert tries == ["laion2b_s34b_b79k"], "the second run does not wait on the pretrained weights again"
     with pytest.raises(EncoderUnavailable):
-        demo.choose_encoder("pretrained", tmp_path / "catalog.csv", tmp_path, say=messages.append)
+        demo.choose_encoder("pretrained", tmp_path / "catalog.csv", tmp_path)
 
 
-def test_demo_builds_once_then_reuses_everything(tmp_path: Path, monkeypatch) -> None:
-    from retrieval import demo
-    from retrieval.encoders import ClipEncoder
+def test_demo_builds_once_then_reuses_everything(tmp_path: Path, monkeypatch, caplog) -> None:
+    from retrieval.demo import run as demo
+    from retrieval.encode.clip import ClipEncoder
 
     def tiny(mode, catalog_path, work, **kwargs):
         return ClipEncoder("dgmrec-tiny", None), {"kind": "test", "note": "tiny random encoder", "spec": {}}
@@ -130,11 +131,11 @@ def test_demo_builds_once_then_reuses_everything(tmp_path: Path, monkeypatch) ->
     built = []
     real_build = demo.build_index
     monkeypatch.setattr(demo, "build_index", lambda *a, **k: built.append(a) or real_build(*a, **k))
-    messages: list[str] = []
-    args = dict(index_dir=tmp_path / "indexes" / "shop", n_items=80, epochs=1, say=messages.append)
+    caplog.set_level(logging.INFO, logger="dgmrec")
+    args = dict(index_dir=tmp_path / "indexes" / "shop", n_items=80, epochs=1)
     first = demo.run_demo(tmp_path / "work", **args)
     assert (first.index_dir / "meta.json").is_file() and len(built) == 1
     second = demo.run_demo(tmp_path / "work", **args)
     assert len(built) == 1, "an unchanged second run does not rebuild"
-    assert any("is up to date" in m for m in messages)
+    assert any("is up to date" in m for m in caplog.messages)
     assert second.index_dir == first.index_dir and second.catalog == first.catalog

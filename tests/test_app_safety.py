@@ -30,8 +30,8 @@ def _status(url: str) -> int:
 
 
 def _fake_engine(folder: Path, catalog: Path) -> SimpleNamespace:
-    bundle = SimpleNamespace(folder=folder, path=folder, meta={"extra": {"catalog": str(catalog)}})
-    return SimpleNamespace(bundle=bundle)
+    bundle = SimpleNamespace(folder=folder, path=folder)
+    return SimpleNamespace(bundle=bundle, info=SimpleNamespace(catalog=str(catalog), catalogs=[]))
 
 
 def test_guard_admits_only_images_inside_the_bundle_or_catalog_folder(tmp_path: Path, caplog) -> None:
@@ -67,7 +67,7 @@ def test_server_hands_out_no_file_by_path() -> None:
 def test_an_index_pointing_images_at_system_files_serves_none_of_them(tmp_path: Path, caplog) -> None:
     from gradio_client import Client
 
-    from retrieval.engine import SearchEngine
+    from retrieval.search.engine import SearchEngine
     from ui.app import launch
 
     server = shared_server()

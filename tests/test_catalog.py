@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from dgmrec_core.errors import DataError
-from retrieval.catalog import Catalog, Problem, load_catalog, load_catalog_interactions
+from dgmrec_core.interactions import load_interactions
+from retrieval.build.interactions import catalog_interactions
+from retrieval.catalog import Catalog, Problem, load_catalog
 
 
 def _png(path: Path, color: tuple[int, int, int]) -> Path:
@@ -164,24 +166,34 @@ def test_interactions(shop: Path) -> None:
     catalog, _ = load_catalog(_write_csv(shop / "cat.csv", GOOD_ROWS))
     path = _write_csv(shop / "log.tsv", [["user_id", "item_id", "rating", "timestamp"],
                                          ["u1", "a", "5", "100"], ["u2", "c", "3", "200.5"]], delimiter="\t")
-    users, items, times = load_catalog_interactions(path, catalog)
-    assert users == ["u1", "u2"] and items == ["a", "c"]
-    np.testing.assert_array_equal(times, [100.0, 200.5])
+    inter, dropped = catalog_interactions(path, catalog, skip_bad=False, seed=0)
+    users, items = _pairs(inter, catalog)
+    assert users == ["u1", "u2"] and items == ["a", "c"] and dropped == 0
+    np.testing.assert_array_equal(load_interactions(path).timestamps, [100.0, 200.5])
 
     path = _write_csv(shop / "log.csv", [["user_id", "item_id"], ["u1", "a"], ["u1", "zz"]])
     with pytest.raises(DataError) as info:
-        load_catalog_interactions(path, catalog)
-    assert str(path) in str(info.value) and "line 3 (item 'zz'): unknown item_id" in str(info.value)
+        catalog_interactions(path, catalog, skip_bad=False, seed=0)
+    assert str(path) in str(info.value) and "row 3: item id 'zz' is not in the given item list" in str(info.value)
 
     no_time = _write_csv(shop / "log2.csv", [["user_id", "item_id"], ["u1", "b"]])
-    assert load_catalog_interactions(no_time, catalog) == (["u1"], ["b"], None)
+    assert _pairs(catalog_interactions(no_time, catalog, skip_bad=False, seed=0)[0], catalog) == (["u1"], ["b"])
+    assert load_interactions(no_time).timestamps is None
 
     bad_time = _write_csv(shop / "log3.csv", [["user_id", "item_id", "timestamp"], ["u1", "b", "soon"]])
-    with pytest.raises(DataError, match="line 2.*not a number"):
-        load_catalog_interactions(bad_time, catalog)
+    with pytest.raises(DataError, match="row 2.*timestamp is neither a number"):
+        catalog_interactions(bad_time, catalog, skip_bad=False, seed=0)
 
-    with pytest.raises(DataError, match="'user_id'"):
-        load_catalog_interactions(_write_csv(shop / "log4.csv", [["user", "item_id"], ["u1", "b"]]), catalog)
+    with pytest.raises(DataError, match="missing column.*user_id"):
+        catalog_interactions(_write_csv(shop / "log4.csv", [["user", "item_id"], ["u1", "b"]]), catalog,
+                             skip_bad=False, seed=0)
+
+
+def _pairs(inter, catalog: Catalog) -> tuple[list[str], list[str]]:
+    """(user ids, item ids) of every interaction of ``inter`` (all splits), in user order."""
+    pairs = np.concatenate([inter.train, inter.valid, inter.test])
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    return [inter.user_ids[u] for u in pairs[:, 0]], [catalog.item_ids[i] for i in pairs[:, 1]]
 
 
 @pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])

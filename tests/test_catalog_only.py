@@ -13,9 +13,10 @@ from dgmrec_core.content_training import fit_content, item_batch_size
 from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import heldout_report
-from retrieval.encoders import ClipEncoder
-from retrieval.engine import QueryError, SearchEngine
-from retrieval.pipeline import build_index
+from retrieval.encode.clip import ClipEncoder
+from retrieval.search.engine import QueryError, SearchEngine
+from retrieval.build.options import BuildOptions
+from retrieval.build.pipeline import build_index
 from test_engine import CONFIG, make_shop
 from ui.cli import main
 
@@ -78,8 +79,8 @@ def catalog_only(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Search
     catalog, _ = make_shop(root / "shop")
     encoder = ClipEncoder("dgmrec-tiny", pretrained=None, seed=0, device="cpu")
     index = root / "indexes" / "shop"
-    build_index(catalog, None, index, encoder=encoder, config=CONFIG, work_dir=root / "work", holdout=0.1,
-                progress=False)
+    build_index(catalog, None, index, BuildOptions(config=CONFIG, work_dir=root / "work", holdout=0.1, progress=False),
+                encoder=encoder)
     return index, SearchEngine.load(index, encoder=encoder)
 
 
@@ -133,13 +134,14 @@ def test_empty_interactions_refused_before_encoding(tmp_path: Path, content: str
             raise AssertionError(f"the catalog was encoded ({name}) before the interactions were checked")
 
     with pytest.raises(DataError, match="no interactions|empty") as err:
-        build_index(catalog, inter, tmp_path / "idx", encoder=NoEncoder(), config=CONFIG, work_dir=tmp_path / "w",
-                    progress=False)
+        options = BuildOptions(config=CONFIG, work_dir=tmp_path / "w", progress=False)
+        build_index(catalog, inter, tmp_path / "idx", options, encoder=NoEncoder())
     assert "inter.csv" in str(err.value)
 
 
 def test_page_shows_no_absolute_path(catalog_only, tmp_path: Path, monkeypatch) -> None:
-    from retrieval.showcase import encoder_note, index_label
+    from retrieval.demo.showcase import encoder_note, index_label
+    from retrieval.encode.spec import EncoderSpec
     from ui.app import build_app
 
     index, engine = catalog_only
@@ -158,5 +160,5 @@ def test_page_shows_no_absolute_path(catalog_only, tmp_path: Path, monkeypatch) 
                                                          "base_pretrained": None, "n_train_pairs": 9, "epochs": 1,
                                                          "eval_recall_at_10": 0.5}))
     monkeypatch.chdir(tmp_path)
-    note = encoder_note({"model_name": "dgmrec-compact", "pretrained": str(weights), "seed": 0})
+    note = encoder_note(EncoderSpec("dgmrec-compact", str(weights), 0))
     assert str(tmp_path) not in note and "shop/catalog.csv" in note and "compact.pt" in note

@@ -7,7 +7,7 @@ import pytest
 
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
-from retrieval.indexes import check_bundle_target
+from retrieval.index.storage import check_bundle_target
 from test_cli_train import FAST, _data_args, files  # noqa: F401 - the fixture is used by name
 from ui.cli import main
 

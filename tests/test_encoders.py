@@ -13,8 +13,8 @@ from PIL import Image
 
 from dgmrec_core.errors import DataError
 from retrieval.catalog import Catalog
-from retrieval.encoders import ClipEncoder, EncoderUnavailable, _cached_tag_file
-from retrieval.feature_cache import EncodedFeatures, encode_catalog
+from retrieval.encode.clip import ClipEncoder, EncoderUnavailable, _cached_tag_file
+from retrieval.encode.cache import EncodedFeatures, encode_catalog
 
 TEXTS = ["a red ceramic mug", "green plant in a pot", "blue denim jacket", "", "a red ceramic mug"]
 

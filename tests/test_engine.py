@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,14 @@ from dgmrec_core.checkpoint import load_model
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from dgmrec_core.trainer import fit
-from retrieval.completion import complete_features, complete_new_items
-from retrieval.encoders import ClipEncoder, sha256_file
-from retrieval.engine import Hit, QueryError, SearchEngine
-from retrieval.indexes import IndexMismatch
-from retrieval.pipeline import build_index, choose_holdout
+from retrieval.build.completion import complete_features, complete_new_items
+from retrieval.build.ingest import add_items
+from retrieval.encode.clip import ClipEncoder, sha256_file
+from retrieval.search.engine import Hit, QueryError, SearchEngine
+from retrieval.index.storage import IndexMismatch
+from retrieval.build.holdout import choose_holdout
+from retrieval.build.options import BuildOptions
+from retrieval.build.pipeline import build_index
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (210, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 210), "yellow": (230, 200, 20),
@@ -102,8 +106,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     catalog, interactions = make_shop(root / "shop")
     encoder = ClipEncoder("dgmrec-tiny", pretrained=None, seed=0, device="cpu")
     index, work = root / "indexes" / "shop", root / "work"
-    build_index(catalog, interactions, index, encoder=encoder, config=CONFIG, work_dir=work, holdout=0.1,
-                progress=False)
+    build_index(catalog, interactions, index, BuildOptions(config=CONFIG, work_dir=work, holdout=0.1, progress=False),
+                encoder=encoder)
     return Built(root, catalog, interactions, index, work, encoder, SearchEngine.load(index, encoder=encoder))
 
 
@@ -138,7 +142,7 @@ def test_bundle_records_items_users_flags_and_holdout(built: Built) -> None:
         assert not engine.bundle.generated[h["modality"]][h["row"]]
         assert -1 <= h["cosine"] <= 1 and 1 <= h["rank"] <= 60
         assert engine.bundle.extra_array(f"heldout_generated_{h['modality']}").shape[1] == 64
-    assert set(engine.generation_report()["summary"]) == {"image", "text"}
+    assert set(engine.info.report.heldout["summary"]) == {"image", "text"}
     item = engine.item("p001")
     assert item.title == rows[1]["title"] and item.extra == {"colour": rows[1]["colour"]}
     assert item.image is None or Path(item.image).is_file()
@@ -156,7 +160,7 @@ def test_choose_holdout_alternates_modalities_and_is_seeded() -> None:
         choose_holdout(observed, 1.5, seed=3)
 
 
-def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = _rows(built.catalog)
     shop = built.catalog.parent
     _truncated_jpeg(shop / "images" / "cut.jpg")
@@ -169,12 +173,12 @@ def test_skip_bad_drops_rows_and_lists_them(built: Built, tmp_path: Path, capsys
     with open(interactions, "a") as f:
         f.write("u00,unknown-item,99\n")
     with pytest.raises(DataError, match="bad row"):
-        build_index(catalog, interactions, tmp_path / "idx", encoder=built.encoder, config=CONFIG,
-                    work_dir=tmp_path / "work", progress=False)
-    capsys.readouterr()
-    out = build_index(catalog, interactions, tmp_path / "idx", encoder=built.encoder, config=CONFIG,
-                      work_dir=tmp_path / "work", skip_bad=True, holdout=0.0, progress=False)
-    printed = capsys.readouterr().out
+        build_index(catalog, interactions, tmp_path / "idx", BuildOptions(config=CONFIG, work_dir=tmp_path / "work",
+                                                                         progress=False), encoder=built.encoder)
+    caplog.set_level(logging.INFO, logger="dgmrec")
+    options = BuildOptions(config=CONFIG, work_dir=tmp_path / "work", skip_bad=True, holdout=0.0, progress=False)
+    out = build_index(catalog, interactions, tmp_path / "idx", options, encoder=built.encoder)
+    printed = caplog.text
     assert "duplicate item_id" in printed and "image dropped, item kept" in printed
     assert "1 interaction(s) of items not in the catalog" in printed
     assert f"line {len(rows) + 4} (item 'p901'): image unreadable or corrupt" in printed and "truncated" in printed
@@ -381,7 +385,7 @@ def test_add_items_generates_missing_modalities_and_persists(built: Built) -> No
     catalog = _write_catalog(shop / "new_items.csv", rows)
     before = engine.search_text("a purple cross sticker number 103", target="text", k=3)
 
-    assert engine.add_items(catalog) == ["n1", "n2", "n3"]
+    assert add_items(engine, catalog) == ["n1", "n2", "n3"]
     assert engine.item("n2").generated == {"image": False, "text": True}
     assert engine.item("n3").generated == {"image": True, "text": False}
     assert engine.item("n3").title == "Purple cross"
@@ -401,9 +405,9 @@ def test_add_items_generates_missing_modalities_and_persists(built: Built) -> No
 
     empty = _write_catalog(shop / "empty_item.csv", [["n4", "", "", "Nothing", ""]])
     with pytest.raises(DataError, match="neither image nor text"):
-        reloaded.add_items(empty)
+        add_items(reloaded, empty)
     with pytest.raises(DataError, match="already in the index"):
-        reloaded.add_items(catalog)
+        add_items(reloaded, catalog)
     assert len(SearchEngine.load(folder, encoder=built.encoder).bundle) == 63
 
 
@@ -465,16 +469,15 @@ def test_build_stores_the_heldout_route_report_and_auto_follows_it(built: Built)
 
 def test_auto_route_follows_a_changed_report(built: Built) -> None:
     engine = built.engine
-    extra = engine.bundle.meta["extra"]
-    saved = json.loads(json.dumps(extra["heldout_eval"]))
+    report = engine.info.report
+    saved = report.routes
     try:
-        for pair in extra["heldout_eval"]["pairs"]:
-            pair["auto"] = "fused"
+        report.routes = {**saved, "pairs": [{**pair, "auto": "fused"} for pair in saved["pairs"]]}
         assert engine.resolve_route("text", "image") == "fused"
-        extra["heldout_eval"] = {"pairs": [], "warnings": []}
+        report.routes = {"pairs": [], "warnings": []}
         assert engine.resolve_route("text", "image") == "dgmrec"  # nothing measured: DGMRec's own route
     finally:
-        extra["heldout_eval"] = saved
+        report.routes = saved
 
 
 def test_personalised_search_reorders_within_the_query_matches(built: Built) -> None:
@@ -489,7 +492,7 @@ def test_personalised_search_reorders_within_the_query_matches(built: Built) -> 
 
 
 def test_personalised_scores_move_items_by_a_bounded_amount() -> None:
-    from retrieval.engine import personalised_scores
+    from retrieval.search.engine import personalised_scores
 
     query = np.array([0.9, 0.8, 0.7, 0.1])
     combined = personalised_scores(query, np.array([0.0, 0.0, 5.0, 10.0]), weight=0.5)

@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 from dgmrec_core.errors import DataError
-from retrieval.attribute_eval import attribute_query_hit_rate
-from retrieval.encoders import ClipEncoder
-from retrieval.finetune import (_batches, _clip_loss, _recall, _spans, batch_for, encode_text_trimmed, eval_size,
+from benchmarks.attribute_eval import attribute_query_hit_rate
+from retrieval.encode.clip import ClipEncoder
+from retrieval.encode.finetune import (_batches, _clip_loss, _recall, _spans, batch_for, encode_text_trimmed, eval_size,
                                 failure_reasons, finetune_clip, weak_figures)
-from retrieval.sample_shop import make_sample_shop
+from retrieval.demo.sample_shop import make_sample_shop
 
 TINY = "dgmrec-tiny"
 
@@ -183,7 +183,7 @@ def test_collapse_and_random_loss_are_failures() -> None:
 
 
 def test_cli_refuses_to_recommend_a_failed_encoder(tmp_path: Path, monkeypatch, capsys) -> None:
-    import retrieval.finetune as finetune
+    import retrieval.encode.finetune as finetune
     from ui.cli import main
 
     record = {"n_eval_pairs": 9, "eval_recall_at_1": 0.1, "chance_recall_at_1": 0.111, "eval_recall_at_10": 1.0,

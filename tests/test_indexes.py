@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from dgmrec_core.errors import DataError
-from retrieval import indexes as ix
-from retrieval.indexes import IndexBundle, IndexMismatch, VectorIndex, normalise
+from retrieval.index import storage, vectors
+from retrieval.index.bundle import IndexBundle
+from retrieval.index.storage import IndexMismatch
+from retrieval.index.vectors import VectorIndex, normalise
 
 DIMS = {"image": 16, "text": 12}
 FUSED_DIM = 8
@@ -95,7 +97,7 @@ def test_ivf_defaults_and_search_params():
     x = clustered(4000, 16, seed=3)
     index = VectorIndex.build(x, kind="ivf", seed=7)
     assert index.params["nlist"] == 4000 // 39  # ~4 sqrt(n), at most n/39
-    assert index.params["nprobe"] == min(ix.DEFAULT_NPROBE, index.params["nlist"])
+    assert index.params["nprobe"] == min(vectors.DEFAULT_NPROBE, index.params["nlist"])
     index.set_search_params(nprobe=5)
     assert index.params["nprobe"] == 5
     again = VectorIndex.build(x, kind="ivf", seed=7)  # seeded training: same partition, same answers
@@ -148,7 +150,7 @@ def test_bundle_build_load_round_trip(tmp_path):
     assert meta["modalities"] == ["image", "text"] and meta["dims"] == DIMS
     assert meta["index_kinds"] == {"image": "flat", "text": "flat", "fused": "flat"}
     assert meta["model_fingerprint"] == "model-a" and meta["encoder_fingerprint"] == ENCODER
-    assert meta["format_version"] == ix.FORMAT_VERSION and meta["created"] and meta["extra"] == {"note": "demo"}
+    assert meta["format_version"] == storage.FORMAT_VERSION and meta["created"] and meta["extra"] == {"note": "demo"}
 
     loaded = IndexBundle.load(folder, expect_model_fingerprint="model-a", expect_encoder_fingerprint=ENCODER)
     assert loaded.item_ids == data["item_ids"] and len(loaded) == 300

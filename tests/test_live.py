@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from app_server import GRADIO_PANDAS_WARNINGS, _free_port
-from retrieval.engine import SearchEngine
-from retrieval.live import LiveEngine, follow
+from retrieval.search.engine import SearchEngine
+from retrieval.build.ingest import add_items
+from retrieval.search.live import LiveEngine, follow
 from test_engine import COLOURS, SHAPES, Built, _copy_bundle, _item_row, _write_catalog, built  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings(GRADIO_PANDAS_WARNINGS)
@@ -32,7 +33,7 @@ def test_a_live_engine_sees_items_another_writer_added(built: Built) -> None:
     model = live.engine.model
     before = live.search_text(QUERY, target="text", k=1)[0].item_id
     writer = SearchEngine.load(folder, encoder=built.encoder)  # another process's engine
-    writer.add_items(_new_catalog(built, "L"))
+    add_items(writer, _new_catalog(built, "L"))
     hit = live.search_text(QUERY, target="text", k=1)[0]
     assert before != "L3" and hit.item_id == "L3" and not hit.generated
     assert live.reloads == 1 and len(live.bundle) == 63 and live.engine.model is model  # the model is kept
@@ -40,7 +41,7 @@ def test_a_live_engine_sees_items_another_writer_added(built: Built) -> None:
 
     # a long interval: no check, the loaded version keeps answering
     slow = LiveEngine(SearchEngine.load(folder, encoder=built.encoder), interval=3600)
-    writer.add_items(_new_catalog(built, "M"))
+    add_items(writer, _new_catalog(built, "M"))
     assert len(slow.bundle) == 63 and slow.reloads == 0
     assert len(live.bundle) == 66 and live.reloads == 2
     assert follow(live) is live
@@ -50,7 +51,7 @@ def test_a_new_version_that_cannot_load_leaves_the_old_one_answering(built: Buil
     folder = _copy_bundle(built, "live-broken")
     live = LiveEngine(SearchEngine.load(folder, encoder=built.encoder), interval=0)
     writer = SearchEngine.load(folder, encoder=built.encoder)
-    writer.add_items(_new_catalog(built, "B"))
+    add_items(writer, _new_catalog(built, "B"))
     with open(writer.bundle.path / "items.npy", "r+b") as f:  # the new version is damaged
         f.truncate(100)
     caplog.set_level(logging.WARNING, logger="dgmrec.live")
@@ -80,7 +81,7 @@ def test_the_running_page_shows_added_items_and_keeps_answering_during_the_swap(
         writer = SearchEngine.load(folder, encoder=built.encoder)
         with ThreadPoolExecutor(8) as pool:
             during = pool.map(search, range(16))  # requests while the new version is written and switched in
-            writer.add_items(_new_catalog(built, "G", n=30, title="Gadget"))
+            add_items(writer, _new_catalog(built, "G", n=30, title="Gadget"))
             assert all(len(captions) == 50 for captions in during)
         assert any("Gadget" in c for c in search(0))
         assert live.reloads == 1

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dgmrec_core.errors import DataError
-from retrieval.sample_shop import SHARE_NEITHER, SHARE_NO_IMAGE, SHARE_NO_TEXT, make_sample_shop
+from retrieval.demo.sample_shop import SHARE_NEITHER, SHARE_NO_IMAGE, SHARE_NO_TEXT, make_sample_shop
 
 ARGS = {"n_items": 600, "n_users": 200, "seed": 3, "image_size": 64}
 

@@ -1,6 +1,7 @@
 """Bundle storage: recorded sizes and hashes, the write lock, stale snapshots, and crashes mid-switch."""
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
@@ -9,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval import indexes as ix
-from retrieval.indexes import IndexBundle, IndexMismatch, index_lock, verify_bundle
+from retrieval.index.bundle import IndexBundle
+from retrieval.index.storage import IndexMismatch, index_lock, verify_bundle
 from crashpoints import die_at_fs_call
 from test_indexes import build, payload
 from ui.cli import main
@@ -76,9 +77,9 @@ def test_load_refuses_a_truncated_array_of_an_older_bundle(tmp_path: Path) -> No
     """Without recorded sizes (bundles written before checksums) a truncated array is still a message."""
     folder, _, _ = _bundle(tmp_path)
     meta_path = folder / "meta.json"
-    meta = ix.json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text())
     del meta["checksums"]
-    meta_path.write_text(ix.json.dumps(meta))
+    meta_path.write_text(json.dumps(meta))
     path = folder / "features_text.npy"
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(IndexMismatch, match="features_text.npy is not a readable array"):
@@ -93,9 +94,9 @@ def test_load_refuses_a_truncated_array_of_an_older_bundle(tmp_path: Path) -> No
 ])
 def test_load_refuses_malformed_metadata(tmp_path: Path, field: str, value, message: str) -> None:
     folder, _, _ = _bundle(tmp_path)
-    meta = ix.json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
     meta[field] = value
-    (folder / "meta.json").write_text(ix.json.dumps(meta))
+    (folder / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(IndexMismatch, match=message):
         IndexBundle.load(folder)
 

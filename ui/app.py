@@ -1,6 +1,6 @@
 """The Gradio page: search, recommendations, generation quality and a catalog overview for one index.
 
-Thin: every figure and list comes from ``retrieval.engine`` / ``retrieval.showcase``; this module lays
+Thin: every figure and list comes from ``retrieval.search.engine`` / ``retrieval.demo.showcase``; this module lays
 them out and turns bad input into a message on the page (``gr.Warning`` plus a Markdown line), never
 a stack trace. ``build_app(engine, info)`` returns the Blocks; ``launch`` serves them.
 """
@@ -15,12 +15,13 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image, ImageDraw, ImageFont
 
-from retrieval.engine import NO_USERS, Hit, QueryError, SearchEngine
-from retrieval.live import LiveEngine, follow
-from retrieval.pipeline import HELDOUT_EVAL
-from retrieval.showcase import (GenerationShowcase, catalog_overview, check_query_image, encoder_note,
+from retrieval.search.engine import NO_USERS, Hit, QueryError, SearchEngine
+from retrieval.images import ImageUnreadable, open_rgb
+from retrieval.search.live import LiveEngine, follow
+from retrieval.demo.showcase import (GenerationShowcase, catalog_overview, check_query_image, encoder_note,
                                 index_label, training_curves)
 from ui import plots
+from ui.logs import configure_logging
 
 log = logging.getLogger("dgmrec.app")
 
@@ -86,8 +87,8 @@ class ImageGuard:
         bundle = self._engine.bundle
         if bundle.path == self._version:
             return
-        extra = bundle.meta["extra"]
-        catalogs = [extra.get("catalog"), *extra.get("catalogs", [])]
+        info = self._engine.info
+        catalogs = [info.catalog, *info.catalogs]
         self.roots = {Path(bundle.folder).resolve(), Path(bundle.path).resolve(),
                       *(Path(c).resolve().parent for c in catalogs if isinstance(c, str) and c)}
         self._version = bundle.path
@@ -115,10 +116,8 @@ class ImageGuard:
 @lru_cache(maxsize=512)
 def _photo(path: str) -> Image.Image | None:
     try:
-        with Image.open(path) as img:
-            img.load()
-            out = img.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types on files that are not images
+        out = open_rgb(path)
+    except ImageUnreadable as exc:
         log.warning("not serving item image %s: not a decodable image (%s)", path, exc)
         return None
     out.thumbnail((PHOTO_SIDE, PHOTO_SIDE))
@@ -195,14 +194,14 @@ def _guarded(fallback: Callable[[str], tuple]) -> Callable[[Callable[..., tuple]
 def build_app(engine: SearchEngine | LiveEngine, info: dict[str, Any] | None = None) -> gr.Blocks:
     """The page for ``engine``. ``info``: ``index`` (a name/path to show) and ``encoder`` (a sentence).
 
-    The page follows its index (:class:`retrieval.live.LiveEngine`): searches and recommendations answer
+    The page follows its index (:class:`retrieval.search.live.LiveEngine`): searches and recommendations answer
     from each new version once it is switched in; the overview and held-out tabs show the version served
     when the page was built.
     """
     info = dict(info or {})
     engine = follow(engine)
     index_name = index_label(info.get("index") or engine.bundle.folder)
-    encoder = info.get("encoder") or encoder_note(engine.bundle.meta["extra"]["encoder"])
+    encoder = info.get("encoder") or encoder_note(engine.info.encoder)
     overview = catalog_overview(engine)
     curves = training_curves(engine)
     showcase = GenerationShowcase(engine)
@@ -340,7 +339,7 @@ def build_app(engine: SearchEngine | LiveEngine, info: dict[str, Any] | None = N
                 held.change(heldout, held, [real_image, real_text, neighbours, neighbour_table, held_summary],
                             api_name="heldout")
                 gr.Markdown(_quality_summary(showcase.quality, showcase.stored), elem_id="hit-summary")
-                gr.Markdown(_heldout_routes(engine.bundle.meta["extra"].get(HELDOUT_EVAL)), elem_id="route-summary")
+                gr.Markdown(_heldout_routes(engine.info.report.routes), elem_id="route-summary")
                 gr.Plot(plots.hit_at_k(showcase.quality), label="Hit@K: DGMRec vs nearest-neighbour imputation",
                         show_label=False, elem_id="hit-plot")
 
@@ -419,6 +418,7 @@ def launch(engine: SearchEngine, info: dict[str, Any] | None = None, *, host: st
 
     No folder is shared (item photos are sent as decoded images); ``auth``: (user, password) asked by the page.
     """
+    configure_logging()
     app = build_app(engine, info)
     app.queue(default_concurrency_limit=2)
     app.launch(server_name=host, server_port=port, allowed_paths=[], prevent_thread_lock=not block,

@@ -7,6 +7,7 @@ import sys
 import warnings
 
 from dgmrec_core.errors import DataError
+from ui.logs import configure_logging
 
 # Modules that each define `register(subparsers)`; a command's handler is stored as `func`.
 COMMAND_MODULES = ("ui.cli_train", "ui.cli_index", "ui.cli_app")
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    configure_logging()
     warnings.formatwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
@@ -43,9 +45,9 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *_: objec
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors caused by the user's input: printed as one line (exit code 2) instead of a traceback."""
-    from retrieval.encoders import EncoderUnavailable
-    from retrieval.engine import QueryError
-    from retrieval.indexes import IndexMismatch
+    from retrieval.encode.clip import EncoderUnavailable
+    from retrieval.search.engine import QueryError
+    from retrieval.index.storage import IndexMismatch
 
     return (DataError, QueryError, IndexMismatch, EncoderUnavailable)
 

@@ -39,13 +39,13 @@ def server_access(args: argparse.Namespace) -> tuple[str, str] | None:
 
 def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = None,
            auth: tuple[str, str] | None = None) -> int:
-    from retrieval.engine import SearchEngine
-    from retrieval.showcase import encoder_note as describe
+    from retrieval.search.engine import SearchEngine
+    from retrieval.demo.showcase import encoder_note as describe
     from ui.app import launch
 
     print(f"serve: loading {index_dir}", flush=True)
     engine = SearchEngine.load(index_dir)
-    note = encoder_note or describe(engine.bundle.meta["extra"]["encoder"])
+    note = encoder_note or describe(engine.info.encoder)
     try:
         launch(engine, {"index": str(index_dir), "encoder": note}, host=host, port=port, auth=auth)
     except OSError as exc:
@@ -55,7 +55,7 @@ def _serve(index_dir: Path, host: str, port: int, encoder_note: str | None = Non
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from retrieval.demo import run_demo
+    from retrieval.demo.run import run_demo
 
     auth = None if args.no_serve else server_access(args)
     if args.threads:
@@ -85,7 +85,7 @@ def cmd_finetune_encoder(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from retrieval.finetune import finetune_clip
+    from retrieval.encode.finetune import finetune_clip
 
     record = finetune_clip(args.catalog, args.out, model_name=args.model_name, base_pretrained=args.base_pretrained,
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)

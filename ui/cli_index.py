@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from retrieval.build.options import BuildOptions
+from retrieval.encode.spec import EncoderSpec
+from dgmrec_core.options import choices_of, help_of
 from ui.cli_train import add_config_arguments, config_from_args
 
 INDEX_ROOT = Path("indexes")
@@ -28,14 +31,15 @@ def _pretrained(value: str) -> str | None:
 def cmd_build(args: argparse.Namespace) -> int:
     import torch
 
-    from retrieval.pipeline import build_index
+    from retrieval.build.pipeline import build_index
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = args.out or INDEX_ROOT / args.name
-    build_index(args.catalog, args.interactions, out, model_name=args.model_name, pretrained=args.pretrained,
-                encoder_seed=args.encoder_seed, config=config_from_args(args), work_dir=args.work_dir,
-                skip_bad=args.skip_bad, holdout=args.holdout, kind=args.kind, force=args.force)
+    options = BuildOptions(encoder=EncoderSpec(args.model_name, args.pretrained, args.encoder_seed),
+                           config=config_from_args(args), work_dir=args.work_dir, skip_bad=args.skip_bad,
+                           holdout=args.holdout, kind=args.kind, force=args.force)
+    build_index(args.catalog, args.interactions, out, options)
     print(f"built {out}; try: dgmrec search --index {out} --text \"...\"")
     return 0
 
@@ -58,7 +62,7 @@ def _print_hits(hits: list, as_json: bool, header: dict[str, Any]) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
     if args.text is not None:
@@ -77,7 +81,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
     hits = engine.recommend(args.user, k=args.k)
@@ -86,19 +90,20 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_add_items(args: argparse.Namespace) -> int:
-    from retrieval.engine import SearchEngine
-
-    from retrieval.pipeline import report_skips
+    from retrieval.build.ingest import add_items
+    from retrieval.build.pipeline import report_skips
+    from retrieval.search.engine import SearchEngine
 
     engine = SearchEngine.load(_index_dir(args.index))
-    added = engine.add_items(args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
+    added = add_items(engine, args.catalog, skip_bad=args.skip_bad, on_skipped=report_skips)
     print(f"added {len(added)} item(s) to {engine.bundle.folder}: {', '.join(added[:10])}"
           + (" ..." if len(added) > 10 else ""))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from retrieval.indexes import IndexBundle, verify_bundle
+    from retrieval.index.bundle import IndexBundle
+    from retrieval.index.storage import verify_bundle
 
     folder = _index_dir(args.index)
     problems = verify_bundle(folder)
@@ -130,24 +135,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", help="index name: written to ./indexes/NAME")
     where.add_argument("--out", type=Path, help="index folder to write")
-    p.add_argument("--work-dir", type=Path,
-                   help="cache of features and the trained model (default: the index folder + '.work')")
-    p.add_argument("--model-name", default="ViT-B-32", help="open_clip architecture (default ViT-B-32)")
-    p.add_argument("--pretrained", type=_pretrained, default="laion2b_s34b_b79k",
-                   help="open_clip pretrained tag, a local weights file, or 'none' for seeded random weights "
-                        "(default laion2b_s34b_b79k)")
-    p.add_argument("--encoder-seed", type=int, default=0, help="seed of random encoder weights (--pretrained none)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="drop bad catalog rows (and interactions of unknown items) and list them, "
-                        "instead of stopping at the first problems")
-    p.add_argument("--holdout", type=float, default=0.05,
-                   help="share of items with both modalities that lose one for training, to measure "
-                        "generation against the real feature (default 0.05)")
-    p.add_argument("--kind", choices=("auto", "flat", "ivf", "hnsw"), default="auto",
-                   help="FAISS index kind (auto: exact below 50,000 items, IVF above)")
+    build, encoder = BuildOptions(), EncoderSpec()
+    p.add_argument("--work-dir", type=Path, help=help_of(BuildOptions, "work_dir"))
+    p.add_argument("--model-name", default=encoder.model_name, help=help_of(EncoderSpec, "model_name"))
+    p.add_argument("--pretrained", type=_pretrained, default=encoder.pretrained,
+                   help=help_of(EncoderSpec, "pretrained"))
+    p.add_argument("--encoder-seed", type=int, default=encoder.seed, help=help_of(EncoderSpec, "seed"))
+    p.add_argument("--skip-bad", action="store_true", help=help_of(BuildOptions, "skip_bad"))
+    p.add_argument("--holdout", type=float, default=build.holdout, help=help_of(BuildOptions, "holdout"))
+    p.add_argument("--kind", choices=choices_of(BuildOptions, "kind"), default=build.kind,
+                   help=help_of(BuildOptions, "kind"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--force", action="store_true",
-                   help="write the index even over an existing folder that is not an index (its files are replaced)")
+    p.add_argument("--force", action="store_true", help=help_of(BuildOptions, "force"))
     add_config_arguments(p)
     p.set_defaults(func=cmd_build)
 

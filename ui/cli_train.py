@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem, sha256_file
-from dgmrec_core.config import HELP, DGMRecConfig
+from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
+from dgmrec_core.options import help_of
 from dgmrec_core.versioned import current_version, generation, publish, remove_stale, write_lock
 
 if TYPE_CHECKING:
@@ -34,10 +35,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                               help=f"{HELP[f.name]} (default {f.default})")
+                               help=help_of(DGMRecConfig, f.name))
         else:
             group.add_argument(flag, type=type(f.default), default=None, metavar=type(f.default).__name__.upper(),
-                               help=f"{HELP[f.name]} (default {f.default})")
+                               help=help_of(DGMRecConfig, f.name))
 
 
 def config_from_args(args: argparse.Namespace) -> DGMRecConfig:

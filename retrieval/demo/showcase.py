@@ -1,4 +1,4 @@
-"""What the web page shows, computed from a loaded :class:`retrieval.engine.SearchEngine`.
+"""What the web page shows, computed from a loaded :class:`retrieval.search.engine.SearchEngine`.
 
 The Gradio app (``ui/app.py``) only lays these out: catalog counts and missing shares, training
 curves, the generation report (Hit@K of DGMRec against nearest-neighbour imputation) with the
@@ -6,7 +6,6 @@ neighbours of each held-out item's generated feature, and the checks on uploaded
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from retrieval.engine import Hit, Item, QueryError
-from retrieval.generation_quality import KEY as GENERATION_EVAL, stored_or_computed
+from dgmrec_core.jsonfiles import read_json
+from retrieval.search.engine import Hit, Item, QueryError
+from retrieval.build.report import stored_or_computed
+from retrieval.encode.spec import EncoderSpec
 
 MAX_UPLOAD_BYTES = 20 << 20
 MAX_UPLOAD_PIXELS = 40_000_000
@@ -55,20 +56,20 @@ def catalog_overview(engine: Any) -> dict[str, Any]:
     n = len(bundle)
     generated = {m: bundle.generated[m] for m in engine.modalities}
     missing = np.stack([generated[m] for m in engine.modalities], axis=1)
-    extra = bundle.meta["extra"]
+    training = engine.info.training
     return {
         "items": n, "users": len(engine.users()),
         "train_interactions": int(len(bundle.extra_array("user_items_indices"))),
         "modalities": {m: {"observed": int((~g).sum()), "generated": int(g.sum()), "missing_share": float(g.mean())}
                        for m, g in generated.items()},
         "all_observed": int((~missing).all(axis=1).sum()), "none_observed": int(missing.all(axis=1).sum()),
-        "best_epoch": extra.get("best_epoch"), "metrics": extra.get("metrics", {}),
+        "best_epoch": training.best_epoch, "metrics": training.metrics,
     }
 
 
 def training_curves(engine: Any) -> dict[str, Any]:
     """Per epoch: total loss and each loss term; validation metrics at the evaluated epochs."""
-    history = engine.training_history()
+    history = engine.info.training.history
     terms = sorted({t for h in history for t in h.get("loss", {})})
     evaluated = [h for h in history if h.get("valid")]
     metrics = sorted({k for h in evaluated for k in h["valid"]})
@@ -78,7 +79,7 @@ def training_curves(engine: Any) -> dict[str, Any]:
         "terms": {t: [float(h.get("loss", {}).get(t, np.nan)) for h in history] for t in terms},
         "valid_epochs": [h["epoch"] for h in evaluated],
         "valid": {k: [float(h["valid"][k]) for h in evaluated] for k in metrics},
-        "best_epoch": engine.bundle.meta["extra"].get("best_epoch"),
+        "best_epoch": engine.info.training.best_epoch,
     }
 
 
@@ -106,9 +107,9 @@ class GenerationShowcase:
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
-        self.report = engine.generation_report()
+        self.report = engine.info.report.heldout
+        self.stored = engine.info.report.imputation is not None
         self.quality = stored_or_computed(engine)
-        self.stored = GENERATION_EVAL in engine.bundle.meta["extra"]
         self._entry: dict[str, tuple[dict[str, Any], int]] = {}
         position: dict[str, int] = {}
         for entry in self.report.get("items", []):
@@ -159,27 +160,20 @@ def index_label(folder: str | Path) -> str:
     return f"{Path(folder).name} ({shown_path(folder)})"
 
 
-def encoder_note(spec: dict[str, Any]) -> str:
-    """A sentence naming an index's encoder (``encoder_spec``): pretrained tag, fine-tuned compact model
-    (described from its checkpoint's training record) or random weights."""
-    weights = spec.get("pretrained")
+def encoder_note(spec: EncoderSpec) -> str:
+    """A sentence naming an index's encoder: pretrained tag, fine-tuned compact model (described from its
+    checkpoint's training record) or random weights."""
+    weights = spec.pretrained
     if weights is None:
-        return f"open_clip {spec['model_name']} with random weights (seed {spec.get('seed', 0)}): a smoke-test encoder"
+        return f"open_clip {spec.model_name} with random weights (seed {spec.seed}): a smoke-test encoder"
     if not Path(weights).is_file():
-        return f"pretrained open_clip {spec['model_name']} ({weights})"
-    record = _read_json(Path(weights + ".json"))
+        return f"pretrained open_clip {spec.model_name} ({weights})"
+    record = read_json(Path(weights + ".json"))
     if record is None:
-        return f"open_clip {spec['model_name']} with weights from {shown_path(weights)}"
+        return f"open_clip {spec.model_name} with weights from {shown_path(weights)}"
     base = record.get("base_pretrained")
-    return (f"fine-tuned {'compact ' if spec['model_name'].endswith('compact') else ''}open_clip model "
-            f"{spec['model_name']} trained on the image-text pairs of {shown_path(record['catalog'])} "
+    return (f"fine-tuned {'compact ' if spec.model_name.endswith('compact') else ''}open_clip model "
+            f"{spec.model_name} trained on the image-text pairs of {shown_path(record['catalog'])} "
             f"({'from ' + base if base else 'from scratch'}, {record['n_train_pairs']} pairs, "
             f"{record['epochs']} epochs; held-out text->image recall@10 {record['eval_recall_at_10']:.2f}; "
             f"checkpoint {Path(weights).name})")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

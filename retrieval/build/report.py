@@ -2,9 +2,9 @@
 
 ``generation_quality`` runs :func:`dgmrec_core.generation_eval.evaluate_generation` on the model's own
 items (the held-out items are those with a real feature the model never saw) and turns it into the
-JSON the bundle stores under ``extra["generation_eval"]``: per modality the rank of each held-out
-item's real feature for DGMRec's generated feature and for the nearest-neighbour copy, and Hit@K
-curves of both. ``stored_or_computed`` reads that from a bundle, or computes it from the bundle and the
+``imputation`` part of the bundle's ``GenerationReport`` (``retrieval.index.info``): per modality the
+rank of each held-out item's real feature for DGMRec's generated feature and for the nearest-neighbour
+copy, and Hit@K curves of both. ``stored_or_computed`` reads that from a bundle, or computes it from the bundle and the
 model when an older build did not store it.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dgmrec_core.generation_eval import evaluate_generation, hit_at_k, median_ra
 from dgmrec_core.model import DGMRec
 
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
-KEY = "generation_eval"
 
 
 def generation_quality(model: DGMRec, real: dict[str, np.ndarray], item_ids: Sequence[str],
@@ -62,7 +61,7 @@ def stored_or_computed(engine: Any) -> dict[str, Any]:
     Real features are the bundle's completed features with the generated rows zeroed (held-out items
     keep their real feature in the index), so the result equals what the build would have stored.
     """
-    stored = engine.bundle.meta["extra"].get(KEY)
+    stored = engine.info.report.imputation
     if stored is not None:
         return stored
     model = engine.model

@@ -11,26 +11,26 @@ Recommendations come from the fused index (dot-product ranking, the user's train
 """
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from dgmrec_core.checkpoint import load_model
-from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import fuse
+from dgmrec_core.jsonfiles import canonical
 from dgmrec_core.model import DGMRec
-from retrieval.catalog import Problem, load_catalog
-from retrieval.completion import complete_new_items
-from retrieval.encoders import ClipEncoder, sha256_file
-from retrieval.fused import augment_items, augment_queries, dot_scores
-from retrieval.indexes import FUSED, IndexBundle, IndexMismatch
-from retrieval.pipeline import HELDOUT_EVAL, image_refs
+from retrieval.encode.clip import ClipEncoder, sha256_file
+from retrieval.index.fused import augment_queries, dot_scores
+from retrieval.index.bundle import FUSED, IndexBundle
+from retrieval.encode.spec import EncoderSpec
+from retrieval.index.info import BuildInfo
+from retrieval.index.storage import IndexMismatch
+from retrieval.images import ImageSource, ImageUnreadable, open_rgb
+from retrieval.modalities import MODALITIES
 
 ROUTES = ("auto", "dgmrec", "direct", "fused")
 PERSONALISE = ("rerank", "preference")
@@ -80,22 +80,18 @@ class Item:
         return asdict(self)
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
 class SearchEngine:
     """Queries over one index bundle. Build with :meth:`load`."""
 
     def __init__(self, bundle: IndexBundle, model: DGMRec, encoder: ClipEncoder) -> None:
         self.bundle, self.model, self.encoder = bundle, model, encoder
-        extra = bundle.meta["extra"]
-        self._users = list(extra["users"])
+        self._info: tuple[dict, BuildInfo] | None = None
+        self._users = self.info.users
         self._user_row = {u: i for i, u in enumerate(self._users)}
         self._user_emb = bundle.extra_array("user_embeddings").astype(np.float32)
         self._indptr = bundle.extra_array("user_items_indptr")
         self._indices = bundle.extra_array("user_items_indices")
-        self._radius = float(extra["fused"]["radius"])
+        self.radius = self.info.radius
         self._m = {name: i for i, name in enumerate(model.names)}
 
     # ------------------------------------------------------------------ loading
@@ -109,8 +105,8 @@ class SearchEngine:
         """
         folder = Path(index_dir)
         bundle = IndexBundle.load(folder)
-        extra = bundle.meta["extra"]
-        path = Path(model_path) if model_path is not None else bundle.path / extra["model_file"]
+        info = BuildInfo.from_extra(bundle.meta["extra"])
+        path = Path(model_path) if model_path is not None else bundle.path / info.model_file
         if not path.is_file():
             raise IndexMismatch(folder, f"model checkpoint {path} does not exist")
         if sha256_file(path) != bundle.model_fingerprint:  # refused before anything of the file is read
@@ -120,17 +116,22 @@ class SearchEngine:
         if list(model.names) != bundle.modalities or model.n_modalities == 0:
             raise IndexMismatch(folder, f"model modalities {model.names} do not match the index's {bundle.modalities}")
         if encoder is None:
-            spec = extra["encoder"]
-            encoder = ClipEncoder(spec["model_name"], spec["pretrained"], seed=spec["seed"])
-        if _canonical(encoder.fingerprint()) != _canonical(bundle.encoder_fingerprint):
-            raise IndexMismatch(folder, f"encoder {encoder.model_name} ({encoder.pretrained or 'random weights'}) "
-                                        f"differs from the one the index was built with "
-                                        f"({extra['encoder']['model_name']}, "
-                                        f"{extra['encoder']['pretrained'] or 'random weights'}): "
-                                        "features would not be comparable; use that encoder or rebuild")
+            encoder = ClipEncoder(info.encoder.model_name, info.encoder.pretrained, seed=info.encoder.seed)
+        if canonical(encoder.fingerprint()) != canonical(bundle.encoder_fingerprint):
+            raise IndexMismatch(folder, f"encoder {EncoderSpec.of(encoder).describe()} differs from the one the "
+                                        f"index was built with ({info.encoder.describe()}): features would not "
+                                        "be comparable; use that encoder or rebuild")
         return cls(bundle, model, encoder)
 
     # ------------------------------------------------------------------ catalog
+    @property
+    def info(self) -> BuildInfo:
+        """What the bundle records beside its vectors (read again when the bundle's meta.json changed)."""
+        meta = self.bundle.meta
+        if self._info is None or self._info[0] is not meta:
+            self._info = (meta, BuildInfo.from_extra(meta["extra"]))
+        return self._info[1]
+
     @property
     def modalities(self) -> list[str]:
         return self.bundle.modalities
@@ -158,19 +159,11 @@ class SearchEngine:
         u = self._user(user_id)
         return [self._item(int(r)) for r in self._indices[self._indptr[u]:self._indptr[u + 1]]]
 
-    def generation_report(self) -> dict[str, Any]:
-        """Scores of the generated features of held-out items (see ``retrieval.pipeline``)."""
-        return self.bundle.meta["extra"]["heldout"]
-
-    def training_history(self) -> list[dict[str, Any]]:
-        """Per-epoch losses and validation metrics of the training run."""
-        return self.bundle.meta["extra"]["history"]
-
     def _item(self, row: int) -> Item:
-        items = self.bundle.meta["extra"]["items"]
-        attrs = dict(items["attributes"][row])
-        image = items["image"][row]
-        return Item(item_id=self.bundle.item_ids[row], text=items["text"][row],
+        items = self.info.items
+        attrs = dict(items.attributes[row])
+        image = items.contents["image"][row]
+        return Item(item_id=self.bundle.item_ids[row], text=items.contents["text"][row],
                     image=None if image is None else str((self.bundle.folder / image).resolve()),
                     generated={m: bool(self.bundle.generated[m][row]) for m in self.modalities},
                     title=attrs.pop("title", None), extra=attrs)
@@ -198,9 +191,7 @@ class SearchEngine:
         if not isinstance(text, str) or not text.strip():
             raise QueryError("the query text is empty: type a few words describing what you look for")
         self._check(target, k, route, personalise)
-        with torch.no_grad():
-            x = self.encoder.encode_texts([text.strip()])
-        return self._search("text", x, target, k, user, route, personalise)
+        return self._search("text", self._encode("text", text.strip()), target, k, user, route, personalise)
 
     def search_image(self, image: Image.Image | str | Path | bytes, *, target: str = "text", k: int = 10,
                      user: str | None = None, route: str = "auto", personalise: str = PERSONALISE_DEFAULT) -> list[Hit]:
@@ -209,10 +200,12 @@ class SearchEngine:
         ``user``, ``route`` and ``personalise`` as in :meth:`search_text`.
         """
         self._check(target, k, route, personalise)
-        picture = _open_image(image)
+        return self._search("image", self._encode("image", _open_image(image)), target, k, user, route, personalise)
+
+    def _encode(self, source: str, content: Any) -> np.ndarray:
+        """The query's feature (1, d_source) by the encoder's tower for modality ``source``."""
         with torch.no_grad():
-            x = self.encoder.encode_images([picture])
-        return self._search("image", x, target, k, user, route, personalise)
+            return MODALITIES[source].encode(self.encoder, [content])
 
     def query_vector(self, source: str, x: np.ndarray, target: str, *, user: str | None = None,
                      route: str = "auto") -> np.ndarray:
@@ -245,10 +238,7 @@ class SearchEngine:
         the build's held-out measurement found best for that pair (``"dgmrec"`` when it measured none)."""
         if route != "auto" or source == target:
             return route
-        for pair in self.bundle.meta["extra"].get(HELDOUT_EVAL, {}).get("pairs", []):
-            if pair["src"] == source and pair["dst"] == target:
-                return pair["auto"]
-        return "dgmrec"
+        return self.info.report.route_for(source, target) or "dgmrec"
 
     def _check(self, target: str, k: int, route: str, personalise: str = PERSONALISE_DEFAULT) -> None:
         if target not in self.modalities:
@@ -278,8 +268,8 @@ class SearchEngine:
 
     def _user_scores(self, u: int, rows: np.ndarray) -> np.ndarray:
         """DGMRec's score of user row ``u`` for item ``rows`` (dot product of fused embeddings)."""
-        items = self.bundle.fused_items()[rows]  # [i, tail] / R (retrieval.fused): [u, 0] . that * R = u . i
-        return (augment_queries(self._user_emb[u:u + 1]) @ items.T)[0] * self._radius
+        items = self.bundle.fused_items()[rows]  # [i, tail] / R (retrieval.index.fused): [u, 0] . that * R = u . i
+        return (augment_queries(self._user_emb[u:u + 1]) @ items.T)[0] * self.radius
 
     def recommend(self, user_id: str, k: int = 10) -> list[Hit]:
         """Top-``k`` items for ``user_id`` by DGMRec's score (dot product), training items excluded.
@@ -291,7 +281,7 @@ class SearchEngine:
         seen = self._indices[self._indptr[u]:self._indptr[u + 1]]
         query = self._user_emb[u:u + 1]
         hits = self.bundle.search(FUSED, augment_queries(query), k, exclude_rows=seen)
-        return self._hits(hits.rows[0], dot_scores(hits.scores, query, self._radius)[0], hits.generated[0])
+        return self._hits(hits.rows[0], dot_scores(hits.scores, query, self.radius)[0], hits.generated[0])
 
     def _hits(self, rows: np.ndarray, scores: np.ndarray, generated: np.ndarray) -> list[Hit]:
         out = []
@@ -302,49 +292,6 @@ class SearchEngine:
             out.append(Hit(item_id=item.item_id, score=float(score), rank=rank, text=item.text, image=item.image,
                            generated=bool(gen), title=item.title, extra=item.extra))
         return out
-
-    # ------------------------------------------------------------------ updates
-    def add_items(self, catalog_path: str | Path, *, skip_bad: bool = False,
-                  on_skipped: Callable[[list[Problem]], None] | None = None) -> list[str]:
-        """Add the items of another catalog file: encode, generate missing modalities, append everywhere.
-
-        The model is not retrained: missing modalities come from the query path with the catalog mean
-        preference and fused embeddings from ``DGMRec.cold_item_embeddings``. Returns the new item ids.
-        With ``skip_bad`` the problems skipped go to ``on_skipped`` and into the bundle's ``skipped`` list.
-        """
-        catalog, problems = load_catalog(catalog_path, skip_bad=skip_bad)
-        if problems and on_skipped is not None:
-            on_skipped(problems)
-        present = set(self.bundle.item_ids)
-        known = [i for i in catalog.item_ids if i in present]
-        if known:
-            raise DataError(catalog.source, f"{len(known)} item id(s) already in the index: "
-                                            f"{', '.join(map(repr, known[:5]))}{' ...' if len(known) > 5 else ''}")
-        observed = {"image": catalog.has_image, "text": catalog.has_text}
-        features: dict[str, np.ndarray | None] = {}
-        for m in self.modalities:
-            rows = np.flatnonzero(observed[m])
-            if not len(rows):
-                features[m] = None
-                continue
-            x = np.zeros((catalog.n_items, self.bundle.dims[m]), dtype=np.float32)
-            x[rows] = (self.encoder.encode_texts([catalog.texts[i] for i in rows]) if m == "text"
-                       else self.encoder.encode_images([catalog.image_paths[i] for i in rows]))
-            features[m] = x
-        done = complete_new_items(self.model, features, observed, item_ids=catalog.item_ids, source=catalog.source)
-        with torch.no_grad():
-            fused = self.model.cold_item_embeddings([torch.as_tensor(done.features[m]) for m in self.modalities])
-        items = self.bundle.meta["extra"]["items"]
-        updated = {"text": items["text"] + catalog.texts,
-                   "image": items["image"] + image_refs(catalog.image_paths, self.bundle.folder),
-                   "attributes": items["attributes"] + catalog.extra}
-        self.bundle.add_items(catalog.item_ids, done.features, done.generated,
-                              augment_items(fused.numpy(), self._radius),
-                              extra={"items": updated, "catalogs": [*self.bundle.meta["extra"].get("catalogs", []),
-                                                                    str(catalog.source)],
-                                     "skipped": [*self.bundle.meta["extra"].get("skipped", []),
-                                                 *(f"{catalog.source.name}: {p}" for p in problems)]})
-        return list(catalog.item_ids)
 
 
 def personalised_scores(query_scores: np.ndarray, user_scores: np.ndarray, weight: float = RERANK_WEIGHT) -> np.ndarray:
@@ -365,23 +312,9 @@ def _check_k(k: int) -> None:
         raise QueryError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
 
 
-def _open_image(image: Image.Image | str | Path | bytes) -> Image.Image:
+def _open_image(image: ImageSource) -> Image.Image:
     """The query image as RGB; ``QueryError`` for anything that is not a readable image."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        source: Any = io.BytesIO(image)
-        name = "the uploaded data"
-    elif isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise QueryError(f"image file not found: {path}")
-        source, name = path, str(path)
-    else:
-        raise QueryError(f"expected an image (PIL image, file path or bytes), got {type(image).__name__}")
     try:
-        with Image.open(source) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise QueryError(f"{name} is not an image that can be opened (PNG, JPEG, ...): {exc}") from exc
+        return open_rgb(image)
+    except ImageUnreadable as exc:
+        raise QueryError(str(exc)) from None

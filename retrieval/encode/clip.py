@@ -20,6 +20,8 @@ from tqdm import tqdm
 
 from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
+from retrieval.encode.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from retrieval.images import ImageUnreadable, open_rgb
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 DGMREC_MODELS = ("dgmrec-tiny", "dgmrec-compact")
@@ -103,7 +105,7 @@ class ClipEncoder:
     present; with HF_HUB_OFFLINE=1 and no cached copy, :class:`EncoderUnavailable` is raised at once.
     """
 
-    def __init__(self, model_name: str = "ViT-B-32", pretrained: str | Path | None = "laion2b_s34b_b79k",
+    def __init__(self, model_name: str = DEFAULT_MODEL, pretrained: str | Path | None = DEFAULT_PRETRAINED,
                  device: str | torch.device | None = None, batch_size: int = 64, seed: int = 0,
                  cache_dir: str | Path | None = None) -> None:
         self.model_name = model_name
@@ -192,10 +194,7 @@ class ClipEncoder:
 
 
 def _as_rgb(image: Image.Image | str | Path) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
     try:
-        with Image.open(image) as img:
-            return img.convert("RGB")
-    except Exception as e:
+        return open_rgb(image)
+    except ImageUnreadable as e:
         raise DataError(image, f"cannot read image: {e}") from e

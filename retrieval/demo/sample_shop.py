@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from dgmrec_core.errors import DataError
+from dgmrec_core.jsonfiles import read_json
 
 GENERATOR_VERSION = 2
 
@@ -126,9 +127,9 @@ def make_sample_shop(out_dir: str | Path, *, n_items: int = 3000, n_users: int =
                         f"{n_items}, {n_users}, {image_size}")
     manifest = {"generator": "dgmrec-sample-shop", "version": GENERATOR_VERSION,
                 "args": {"n_items": n_items, "n_users": n_users, "seed": seed, "image_size": image_size}}
-    if _read_manifest(out_dir) == manifest:
+    if read_json(out_dir / "manifest.json") == manifest:
         return out_dir
-    if out_dir.exists() and _read_manifest(out_dir) is None and any(out_dir.iterdir()):
+    if out_dir.exists() and read_json(out_dir / "manifest.json") is None and any(out_dir.iterdir()):
         raise DataError(out_dir, "folder exists and is not a sample shop; refusing to replace it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -142,13 +143,6 @@ def make_sample_shop(out_dir: str | Path, *, n_items: int = 3000, n_users: int =
         if tmp.exists():
             shutil.rmtree(tmp)
     return out_dir
-
-
-def _read_manifest(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _swap_into_place(new: Path, target: Path) -> None:

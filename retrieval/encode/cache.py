@@ -9,7 +9,6 @@ than arrays that disagree with it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +18,10 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text
-from dgmrec_core.errors import DataError
 from retrieval.catalog import Catalog
-from retrieval.encoders import Encoder
+from retrieval.encode.clip import Encoder
+from retrieval.modalities import MODALITIES
 
-MODALITIES = ("image", "text")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _PROGRESS_MIN_FILES = 200
@@ -41,20 +39,15 @@ class EncodedFeatures:
 
 
 def _content_keys(catalog: Catalog) -> dict[str, list[str | None]]:
-    """sha256 per item: of the UTF-8 text, and of the image file's bytes (None where missing)."""
-    texts = [None if t is None else hashlib.sha256(t.encode("utf-8")).hexdigest() for t in catalog.texts]
-    images: list[str | None] = []
-    n_files = int(catalog.has_image.sum())
-    for path in tqdm(catalog.image_paths, desc="hashing images", unit="img", leave=False,
-                     disable=n_files < _PROGRESS_MIN_FILES):
-        if path is None:
-            images.append(None)
-            continue
-        try:
-            images.append(hashlib.sha256(path.read_bytes()).hexdigest())
-        except OSError as e:
-            raise DataError(path, f"cannot read image: {e.strerror or e}") from e
-    return {"image": images, "text": texts}
+    """Per modality, each item's content key (``Modality.content_key``; None where the item lacks it)."""
+    keys: dict[str, list[str | None]] = {}
+    for name, modality in MODALITIES.items():
+        contents = modality.contents(catalog)
+        n_present = sum(c is not None for c in contents)
+        keys[name] = [None if c is None else modality.content_key(c)
+                      for c in tqdm(contents, desc=f"hashing {name}s", unit="item", leave=False,
+                                    disable=n_present < _PROGRESS_MIN_FILES)]
+    return keys
 
 
 def _normalised(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +106,7 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path) ->
                 todo.setdefault(key, []).append(row)
         if todo:
             firsts = [rows[0] for rows in todo.values()]
-            if modality == "text":
-                fresh = encoder.encode_texts([catalog.texts[i] for i in firsts])
-            else:
-                fresh = encoder.encode_images([catalog.image_paths[i] for i in firsts])
+            fresh = MODALITIES[modality].encode_rows(encoder, catalog, firsts)
             for vector, rows in zip(fresh, todo.values()):
                 array[rows] = vector
         features[modality] = array

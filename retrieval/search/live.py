@@ -9,14 +9,15 @@ fails to load is logged and the old engine keeps answering; the check is repeate
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any
 
-from retrieval.engine import SearchEngine
-from retrieval.indexes import IndexBundle, IndexMismatch, bundle_version
+from dgmrec_core.jsonfiles import canonical
+from retrieval.search.engine import SearchEngine
+from retrieval.index.bundle import IndexBundle
+from retrieval.index.storage import IndexMismatch, bundle_version
 
 CHECK_INTERVAL_S = 1.0
 log = logging.getLogger("dgmrec.live")
@@ -69,16 +70,12 @@ class LiveEngine:
 def _reload(old: SearchEngine) -> SearchEngine:
     """The engine of the index's current version, reusing ``old``'s model and encoder where they fit."""
     bundle = IndexBundle.load(old.bundle.folder)
-    same_encoder = _key(bundle.encoder_fingerprint) == _key(old.bundle.encoder_fingerprint)
+    same_encoder = canonical(bundle.encoder_fingerprint) == canonical(old.bundle.encoder_fingerprint)
     if same_encoder and bundle.model_fingerprint == old.bundle.model_fingerprint:
         if bundle.modalities != old.bundle.modalities:
             raise IndexMismatch(bundle.folder, f"modalities changed from {old.bundle.modalities} to {bundle.modalities}")
         return SearchEngine(bundle, old.model, old.encoder)
     return SearchEngine.load(old.bundle.folder, encoder=old.encoder if same_encoder else None)
-
-
-def _key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
 
 
 def follow(engine: SearchEngine | LiveEngine, *, interval: float = CHECK_INTERVAL_S) -> LiveEngine:

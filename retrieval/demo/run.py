@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,23 +26,22 @@ from typing import Any
 from dgmrec_core.atomic import atomic_write_text
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
+from dgmrec_core.jsonfiles import canonical, read_json
 from retrieval.catalog import load_catalog
 from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_EPOCHS
-from retrieval.encoders import ClipEncoder, EncoderUnavailable, sha256_file
-from retrieval.finetune import finetune_clip
-from retrieval.indexes import FORMAT_VERSION, META
-from retrieval.pipeline import DEFAULT_MODEL, DEFAULT_PRETRAINED, build_index, encoder_spec
-from retrieval.sample_shop import make_sample_shop
-from retrieval.showcase import encoder_note
+from retrieval.encode.clip import ClipEncoder, EncoderUnavailable, sha256_file
+from retrieval.encode.finetune import finetune_clip
+from retrieval.index.storage import FORMAT_VERSION, META
+from retrieval.build.options import BuildOptions
+from retrieval.build.pipeline import build_index
+from retrieval.demo.sample_shop import make_sample_shop
+from retrieval.demo.showcase import encoder_note
+from retrieval.encode.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
 
 # Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
 DEMO_TRAINING = {"epochs": 40, "patience": 5}
 
-Say = Callable[[str], None]
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
+log = logging.getLogger("dgmrec.demo")
 
 
 @dataclass
@@ -63,7 +62,7 @@ def demo_config(epochs: int | None = None) -> DGMRecConfig:
 
 
 def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(canonical(parts).encode()).hexdigest()
 
 
 def catalog_key(catalog_path: Path) -> str:
@@ -77,8 +76,7 @@ def catalog_key(catalog_path: Path) -> str:
 
 
 def finetuned_encoder(catalog_path: Path, work: Path, *, epochs: int = FINETUNE_EPOCHS,
-                      base_pretrained: str | None = None, content_key: str | None = None,
-                      say: Say = _print) -> tuple[ClipEncoder, dict[str, Any]]:
+                      base_pretrained: str | None = None, content_key: str | None = None) -> tuple[ClipEncoder, dict[str, Any]]:
     """The compact encoder fine-tuned on ``catalog_path``: trained once per catalog and settings, then reused.
 
     ``content_key``: the catalog's :func:`catalog_key` when the caller has it already.
@@ -88,21 +86,21 @@ def finetuned_encoder(catalog_path: Path, work: Path, *, epochs: int = FINETUNE_
     checkpoint = work / "encoders" / f"{COMPACT_MODEL}-{key}.pt"
     record_path = Path(str(checkpoint) + ".json")
     if checkpoint.is_file() and record_path.is_file():
-        say(f"encoder: reusing fine-tuned {COMPACT_MODEL} {checkpoint}")
+        log.info(f"encoder: reusing fine-tuned {COMPACT_MODEL} {checkpoint}")
     else:
-        say(f"encoder: fine-tuning {COMPACT_MODEL} on {catalog_path} ({epochs} epochs, "
-            f"{'from ' + base_pretrained if base_pretrained else 'from scratch'})")
+        log.info(f"encoder: fine-tuning {COMPACT_MODEL} on {catalog_path} ({epochs} epochs, "
+                 f"{'from ' + base_pretrained if base_pretrained else 'from scratch'})")
         finetune_clip(catalog_path, checkpoint, model_name=COMPACT_MODEL, base_pretrained=base_pretrained,
                       epochs=epochs)
     record = json.loads(record_path.read_text())
-    say(f"encoder: {COMPACT_MODEL}, held-out text->image recall@10 {record['eval_recall_at_10']:.3f} "
-        f"({record['n_train_pairs']} training pairs, {record['epochs']} epochs)")
+    log.info(f"encoder: {COMPACT_MODEL}, held-out text->image recall@10 {record['eval_recall_at_10']:.3f} "
+             f"({record['n_train_pairs']} training pairs, {record['epochs']} epochs)")
     return ClipEncoder(COMPACT_MODEL, str(checkpoint)), record
 
 
 def choose_encoder(mode: str, catalog_path: Path, work: Path, *, model_name: str = DEFAULT_MODEL,
                    pretrained: str = DEFAULT_PRETRAINED, finetune_epochs: int = FINETUNE_EPOCHS,
-                   content_key: str | None = None, say: Say = _print) -> tuple[ClipEncoder, dict[str, Any]]:
+                   content_key: str | None = None) -> tuple[ClipEncoder, dict[str, Any]]:
     """The encoder for ``mode``: "pretrained" (``model_name``/``pretrained`` or fail), "compact" (the
     fine-tuned compact encoder) or "auto" (pretrained where the weights can be had, else compact).
 
@@ -114,29 +112,29 @@ def choose_encoder(mode: str, catalog_path: Path, work: Path, *, model_name: str
     decision_path = work / "encoder.json"
     remember = mode == "auto"
     request = {"mode": mode, "model_name": model_name, "pretrained": pretrained}
-    previous = _read_json(decision_path)
+    previous = read_json(decision_path)
     if mode == "auto" and previous and previous.get("request") == request:
         mode = previous["choice"]
-        say(f"encoder: using the earlier choice ({mode}; {decision_path})")
+        log.info(f"encoder: using the earlier choice ({mode}; {decision_path})")
     note = ""
     if mode in ("auto", "pretrained"):
         try:
-            say(f"encoder: loading pretrained open_clip {model_name} ({pretrained})")
+            log.info(f"encoder: loading pretrained open_clip {model_name} ({pretrained})")
             encoder = _load_pretrained(model_name, pretrained, quick=mode == "auto")
             if remember:
                 _remember(decision_path, request, "pretrained")
-            spec = encoder_spec(encoder)
+            spec = EncoderSpec.of(encoder)
             return encoder, {"kind": "pretrained", "note": encoder_note(spec), "spec": spec}
         except EncoderUnavailable as exc:
             if mode == "pretrained":
                 raise
             note = f"pretrained {model_name} ({pretrained}) weights are not available here ({exc}). "
-            say(f"encoder: pretrained {model_name} ({pretrained}) unavailable; fine-tuning the compact encoder "
-                "on the catalog instead")
-    encoder, record = finetuned_encoder(catalog_path, work, epochs=finetune_epochs, content_key=content_key, say=say)
+            log.info(f"encoder: pretrained {model_name} ({pretrained}) unavailable; fine-tuning the compact encoder "
+                     "on the catalog instead")
+    encoder, record = finetuned_encoder(catalog_path, work, epochs=finetune_epochs, content_key=content_key)
     if remember:
         _remember(decision_path, request, "compact")
-    spec = encoder_spec(encoder)
+    spec = EncoderSpec.of(encoder)
     return encoder, {"kind": "fine-tuned", "note": note + encoder_note(spec), "spec": spec, "finetune": record}
 
 
@@ -165,17 +163,10 @@ def _remember(path: Path, request: dict[str, Any], choice: str) -> None:
     atomic_write_text(path, json.dumps({"request": request, "choice": choice}, indent=2))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = None,
              interactions: str | Path | None = None, index_dir: str | Path = "indexes/sample-shop",
              n_items: int = 3000, encoder_mode: str = "auto", finetune_epochs: int = FINETUNE_EPOCHS,
-             epochs: int | None = None, say: Say = _print) -> DemoBuild:
+             epochs: int | None = None) -> DemoBuild:
     """Make (or take) the data, choose the encoder, build the index; each step reuses its cache."""
     work, index_dir = Path(work), Path(index_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -184,12 +175,12 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     if catalog is None and interactions is not None:
         raise DataError(interactions, "--interactions needs --catalog (or give neither, for the sample shop)")
     if catalog is None:
-        say(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
+        log.info(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
         shop = make_sample_shop(work / "sample-shop", n_items=n_items, n_users=max(1, n_items // 2))
         catalog, interactions = shop / "catalog.csv", shop / "interactions.csv"
     else:
-        say(f"[1/3] data: catalog {catalog}, " + (f"interactions {interactions}" if interactions else
-                                                   "no interactions (search only, no recommendations)"))
+        log.info(f"[1/3] data: catalog {catalog}, " + (f"interactions {interactions}" if interactions else
+                                                        "no interactions (search only, no recommendations)"))
     catalog = Path(catalog).resolve()
     interactions = None if interactions is None else Path(interactions).resolve()
     for path in [p for p in (catalog, interactions) if p is not None]:
@@ -198,10 +189,10 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     seconds["data"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    say("[2/3] encoder")
+    log.info("[2/3] encoder")
     content_key = catalog_key(catalog)
     encoder, info = choose_encoder(encoder_mode, catalog, work, finetune_epochs=finetune_epochs,
-                                   content_key=content_key, say=say)
+                                   content_key=content_key)
     seconds["encoder"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
@@ -210,13 +201,13 @@ def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = N
     stamp = {"index": str(index_dir.absolute()), "format": FORMAT_VERSION,  # not resolve(): a link to versions
              "key": _digest(content_key, interactions and sha256_file(interactions), encoder.fingerprint(),
                             config.to_dict())}
-    if _read_json(stamp_path) == stamp and (index_dir / META).is_file():
-        say(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
+    if read_json(stamp_path) == stamp and (index_dir / META).is_file():
+        log.info(f"[3/3] index: {index_dir} is up to date (same catalog, interactions, encoder and settings)")
     else:
-        say(f"[3/3] index: encode, train DGMRec (up to {config.epochs} epochs), complete missing "
-            f"modalities, index -> {index_dir}")
-        build_index(catalog, interactions, index_dir, encoder=encoder, config=config, work_dir=work / "build",
-                    skip_bad=True)
+        log.info(f"[3/3] index: encode, train DGMRec (up to {config.epochs} epochs), complete missing "
+                 f"modalities, index -> {index_dir}")
+        options = BuildOptions(config=config, work_dir=work / "build", skip_bad=True)
+        build_index(catalog, interactions, index_dir, options, encoder=encoder)
         atomic_write_text(stamp_path, json.dumps(stamp, indent=2))
     seconds["index"] = time.perf_counter() - t2
     return DemoBuild(index_dir, catalog, interactions, info, seconds)

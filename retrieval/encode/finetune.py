@@ -4,12 +4,13 @@ Pretrained CLIP weights cannot be downloaded everywhere (not on this machine), a
 knows nothing of a shop's vocabulary anyway. :func:`finetune_clip` trains (from scratch, or from
 ``base_pretrained`` weights) on the items that have both an image and a text, with the symmetric CLIP
 loss, and writes a checkpoint that ``open_clip.create_model_and_transforms(model_name,
-pretrained=<checkpoint>)`` and :class:`retrieval.encoders.ClipEncoder` load, plus a JSON sidecar with
+pretrained=<checkpoint>)`` and :class:`retrieval.encode.clip.ClipEncoder` load, plus a JSON sidecar with
 the training record and held-out text->image recall.
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from open_clip.loss import ClipLoss
 from torchvision import transforms
 from tqdm import tqdm
 
@@ -27,8 +28,11 @@ from dgmrec_core.atomic import atomic_path, atomic_write_text
 from dgmrec_core.errors import DataError
 from retrieval.catalog import load_catalog
 from retrieval.defaults import FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR, SCRATCH_LR
-from retrieval.encoders import ClipEncoder
+from retrieval.encode.clip import ClipEncoder
+from retrieval.images import open_rgb
 
+log = logging.getLogger("dgmrec.encode")
+_CLIP_LOSS = ClipLoss()
 MIN_PAIRS = 20
 EVAL_FRACTION = 0.1  # held out for the recall figure: at least this share of the pairs ...
 EVAL_MIN = 20  # ... and at least this many where a fifth of the pairs allows it (chance recall@10 <= 0.5)
@@ -99,7 +103,10 @@ def finetune_clip(catalog_csv: str | Path, out_path: str | Path, *, model_name: 
 
 
 def _train_transform(model: torch.nn.Module) -> transforms.Compose:
-    """Random crop and flip at the model's input size; no colour changes (colour is an attribute)."""
+    """Random crop and flip at the model's input size; no colour changes (colour is an attribute).
+
+    Not open_clip's ``AugmentationCfg`` transform: without timm it neither flips nor takes an aspect
+    ratio range, and the catalog's small pictures need both."""
     cfg = model.visual.preprocess_cfg
     size = cfg["size"] if isinstance(cfg["size"], int) else tuple(cfg["size"])
     return transforms.Compose([
@@ -206,7 +213,7 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
                        desc=f"fine-tune epoch {epoch + 1}/{epochs}")
             epoch_losses = []
             for batch in bar:
-                pixels = torch.stack([augment(_rgb(images[i])) for i in batch]).to(device)
+                pixels = torch.stack([augment(open_rgb(images[i])) for i in batch]).to(device)
                 tokens = tokenizer([_text_view(texts[i], rng) for i in batch]).to(device)
                 loss = _clip_loss(model, pixels, tokens)
                 for optimiser in optimisers:
@@ -221,7 +228,7 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
                 bar.set_postfix(loss=f"{np.mean(epoch_losses):.3f}")
             bar.close()
             curve.append(round(float(np.mean(epoch_losses)), 5))
-            tqdm.write(f"fine-tune epoch {epoch + 1}/{epochs}: loss {curve[-1]:.4f}")
+            log.info(f"fine-tune epoch {epoch + 1}/{epochs}: loss {curve[-1]:.4f}")
     finally:
         if sparse:
             embedding.sparse = False
@@ -240,12 +247,10 @@ def _text_view(text: str, rng: np.random.Generator) -> str:
 
 
 def _clip_loss(model: torch.nn.Module, pixels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch with the model's learnt temperature."""
+    """Symmetric InfoNCE over the batch with the model's learnt temperature (open_clip's ``ClipLoss``)."""
     image = F.normalize(model.encode_image(pixels), dim=-1)
     text = F.normalize(encode_text_trimmed(model, tokens), dim=-1)
-    logits = model.logit_scale.exp() * image @ text.T
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    return _CLIP_LOSS(image, text, model.logit_scale.exp())
 
 
 def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -265,11 +270,6 @@ def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.T
     x = x[torch.arange(len(x), device=x.device), tokens.argmax(dim=-1)]
     proj = model.text_projection
     return x if proj is None else proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-
-
-def _rgb(path: Path) -> Image.Image:
-    with Image.open(path) as img:
-        return img.convert("RGB")
 
 
 def _ranks(texts: np.ndarray, images: np.ndarray, start: int) -> np.ndarray:

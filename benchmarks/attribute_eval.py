@@ -15,7 +15,7 @@ import numpy as np
 
 from dgmrec_core.errors import DataError
 from retrieval.catalog import load_catalog
-from retrieval.encoders import Encoder
+from retrieval.encode.clip import Encoder
 
 QueryFn = Callable[[str], Sequence[str]]
 

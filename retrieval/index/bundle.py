@@ -1,0 +1,387 @@
+"""The index bundle: one cosine index per modality plus the fused index, with their features, as one folder.
+
+``IndexBundle`` is the folder ``indexes/<name>/``: ``<modality>.faiss`` per modality (raw feature
+space, every item present, generated rows flagged), ``fused.faiss`` over fused item embeddings for
+recommendations, the completed features ``features_<modality>.npy``, the fused matrix ``items.npy``
+and ``meta.json`` (``retrieval.index.storage``: versions, lock, checksums).
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dgmrec_core.atomic import sha256_file as _sha256
+from dgmrec_core.errors import DataError
+from dgmrec_core.jsonfiles import canonical
+from retrieval.index.storage import (FORMAT_VERSION, META, IndexMismatch, check_sizes, current_bundle_version,
+                                     read_meta, write_bundle)
+from retrieval.index.vectors import ADD_CHUNK, VectorIndex, check_matrix
+
+FUSED = "fused"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class SearchHits:
+    """Search results, one row per query: item rows (-1 = empty slot), cosine scores and generated flags."""
+
+    rows: np.ndarray  # (q, k) int64
+    scores: np.ndarray  # (q, k) float32, -inf on empty slots
+    generated: np.ndarray  # (q, k) bool: the hit's vector in this index was generated, not observed
+
+
+def _rows_array(rows: Any) -> np.ndarray:
+    if isinstance(rows, np.ndarray):
+        return rows.astype(np.int64, copy=False).ravel()
+    return np.fromiter(rows, dtype=np.int64)
+
+
+def _exclusion_sets(exclude_rows: Any, n_queries: int) -> list[np.ndarray]:
+    """One int64 array of excluded rows per query: a flat collection of rows applies to every query,
+    a collection of collections (or a 2-D array) gives one per query."""
+    if exclude_rows is None:
+        return [np.zeros(0, np.int64)] * n_queries
+    if isinstance(exclude_rows, np.ndarray) and exclude_rows.ndim == 2:
+        per_query = list(exclude_rows)
+    elif isinstance(exclude_rows, np.ndarray) or all(isinstance(e, (int, np.integer)) for e in exclude_rows):
+        return [_rows_array(exclude_rows)] * n_queries
+    else:
+        per_query = list(exclude_rows)
+    if len(per_query) != n_queries:
+        raise DataError(None, f"exclude_rows has {len(per_query)} row lists for {n_queries} queries")
+    return [_rows_array(e) for e in per_query]
+
+
+class IndexBundle:
+    """The folder of per-modality indexes, the fused index, completed features and ``meta.json``."""
+
+    def __init__(self, folder: Path, meta: dict, indexes: dict[str, VectorIndex], path: Path | None = None) -> None:
+        self.folder = folder  # the bundle's name (a link to its current version)
+        self.path = path or folder  # the version folder this snapshot was read from
+        self.indexes = indexes
+        meta_file = self.path / META
+        self._meta_sha = _sha256(meta_file) if meta_file.is_file() else None  # detects later writers
+        self._set_meta(meta)
+
+    def _set_meta(self, meta: dict) -> None:
+        self.meta = meta
+        self.generated = {m: np.asarray(meta["generated"][m], dtype=bool) for m in meta["modalities"]}
+        self._any_generated = np.any([self.generated[m] for m in meta["modalities"]], axis=0)
+        self._rows: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def item_ids(self) -> list[str]:
+        return self.meta["item_ids"]
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.meta["modalities"])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return dict(self.meta["dims"])
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.meta["model_fingerprint"]
+
+    @property
+    def encoder_fingerprint(self) -> dict | str:
+        return self.meta["encoder_fingerprint"]
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def row_of(self, item_id: str) -> int:
+        """Row (position) of ``item_id``; ``KeyError`` when it is not in the bundle."""
+        if self._rows is None:
+            self._rows = {item: row for row, item in enumerate(self.item_ids)}
+        return self._rows[item_id]
+
+    def features(self, modality: str) -> np.ndarray:
+        """Completed raw features of ``modality`` (observed + generated rows), memory-mapped."""
+        if modality not in self.meta["modalities"]:
+            raise KeyError(f"no modality {modality!r} in {self.folder} (has {', '.join(self.modalities)})")
+        return np.load(self.path / f"features_{modality}.npy", mmap_mode="r")
+
+    def fused_items(self) -> np.ndarray:
+        """Fused item embeddings (n, d_fused), memory-mapped."""
+        return np.load(self.path / "items.npy", mmap_mode="r")
+
+    def extra_array(self, name: str) -> np.ndarray:
+        """An extra array stored by ``build(extra={name: array})``."""
+        if name not in self.meta["extra_arrays"]:
+            raise KeyError(f"no extra array {name!r} in {self.folder}")
+        return np.load(self.path / f"extra_{name}.npy")
+
+    # ------------------------------------------------------------------ build / load
+    @classmethod
+    def build(cls, folder: str | Path, *, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
+              generated: dict[str, np.ndarray], fused: np.ndarray, model_fingerprint: str,
+              encoder_fingerprint: dict | str, kind: str = "auto", extra: dict | None = None,
+              files: dict[str, str | Path] | None = None) -> "IndexBundle":
+        """Build every index and write the bundle to ``folder`` atomically (replacing any old one).
+
+        ``modality_vectors[m]`` are the completed features (n, d_m) of modality m, ``generated[m]`` (n,)
+        flags the rows the model generated. ``extra`` values that are numpy arrays are stored as
+        ``extra_<key>.npy``; the rest (JSON-serialisable) goes into ``meta.json`` under "extra".
+        ``files`` (bundle file name -> source path, e.g. the model checkpoint) are copied in and kept by
+        ``add_items``.
+        """
+        folder = Path(folder)
+        ids = [str(i) for i in item_ids]
+        _check_new_ids(folder, ids, existing=())
+        vectors, flags, fused = _check_payload(folder, ids, modality_vectors, generated, fused)
+        plain, arrays = _split_extra(folder, dict(extra or {}), encoder_fingerprint)
+        files = _files_to_copy(folder, files or {})
+        indexes = {m: VectorIndex.build(v, kind=kind) for m, v in vectors.items()}
+        indexes[FUSED] = VectorIndex.build(fused, kind=kind)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model_fingerprint": str(model_fingerprint),
+            "encoder_fingerprint": encoder_fingerprint,
+            "modalities": list(vectors),
+            "dims": {m: int(v.shape[1]) for m, v in vectors.items()},
+            "fused_dim": int(fused.shape[1]),
+            "index_kinds": {m: ix.kind for m, ix in indexes.items()},
+            "index_params": {m: ix.params for m, ix in indexes.items()},
+            "count": len(ids),
+            "extra": plain,
+            "extra_arrays": sorted(arrays),
+            "files": sorted(files),
+            "item_ids": ids,
+            "generated": {m: f.tolist() for m, f in flags.items()},
+        }
+
+        def write(tmp: Path) -> None:
+            for m, v in vectors.items():
+                np.save(tmp / f"features_{m}.npy", np.ascontiguousarray(v, dtype=np.float32))
+            np.save(tmp / "items.npy", np.ascontiguousarray(fused, dtype=np.float32))
+            for key, arr in arrays.items():
+                np.save(tmp / f"extra_{key}.npy", arr)
+            for name, src in files.items():
+                shutil.copy2(src, tmp / name)
+
+        meta, path = write_bundle(folder, meta, indexes, write)
+        return cls(folder, meta, indexes, path)
+
+    @classmethod
+    def load(cls, folder: str | Path, *, expect_model_fingerprint: str | None = None,
+             expect_encoder_fingerprint: dict | str | None = None) -> "IndexBundle":
+        """Open a bundle, refusing (``IndexMismatch``) one that is incomplete, corrupt or stale."""
+        name = Path(folder)
+        folder = current_bundle_version(name)
+        meta = read_meta(folder, name)
+        if expect_model_fingerprint is not None and meta["model_fingerprint"] != expect_model_fingerprint:
+            raise IndexMismatch(name, f"built for model {meta['model_fingerprint']!r}, "
+                                        f"expected model {expect_model_fingerprint!r}: rebuild the indexes")
+        if (expect_encoder_fingerprint is not None
+                and canonical(meta["encoder_fingerprint"]) != canonical(expect_encoder_fingerprint)):
+            raise IndexMismatch(name, f"built with encoder {canonical(meta['encoder_fingerprint'])}, "
+                                        f"expected encoder {canonical(expect_encoder_fingerprint)}: "
+                                        "rebuild the indexes")
+        n = len(meta["item_ids"])
+        dims = {**meta["dims"], FUSED: meta["fused_dim"]}
+        indexes = {}
+        for key in [*meta["modalities"], FUSED]:
+            try:
+                index = VectorIndex.load(folder / f"{key}.faiss")
+            except DataError as exc:
+                raise IndexMismatch(name, f"{key}.faiss: {exc.problem}") from exc
+            if index.ntotal != n:
+                raise IndexMismatch(name, f"{key}.faiss has {index.ntotal} rows but meta.json lists {n} items")
+            if index.dim != dims[key]:
+                raise IndexMismatch(name, f"{key}.faiss has dimension {index.dim}, meta.json says {dims[key]}")
+            indexes[key] = index
+        for file in [*(f"features_{m}.npy" for m in meta["modalities"]), "items.npy",
+                     *(f"extra_{k}.npy" for k in meta["extra_arrays"]), *meta.get("files", ())]:
+            if not (folder / file).is_file():
+                raise IndexMismatch(name, f"{file} is missing")
+        check_sizes(name, folder, meta)
+        for m in meta["modalities"]:
+            try:
+                shape = np.load(folder / f"features_{m}.npy", mmap_mode="r").shape
+            except (OSError, ValueError, EOFError) as exc:
+                raise IndexMismatch(name, f"features_{m}.npy is not a readable array ({exc})") from exc
+            if shape != (n, dims[m]):
+                raise IndexMismatch(name, f"features_{m}.npy has shape {shape}, expected {(n, dims[m])}")
+        return cls(name, meta, indexes, folder)
+
+    # ------------------------------------------------------------------ update
+    def add_items(self, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
+                  generated: dict[str, np.ndarray], fused: np.ndarray, extra: dict | None = None) -> np.ndarray:
+        """Append items to every index (no rebuild) and save the bundle atomically; return their rows.
+
+        ``extra`` (JSON-serialisable) replaces those keys of meta.json's "extra" (e.g. per-item lists).
+
+        Ids already in the bundle (or repeated) are refused with ``DataError``. If the save fails the
+        bundle is reloaded from disk, so memory and disk stay in step.
+        """
+        ids = [str(i) for i in item_ids]
+        _check_new_ids(self.folder, ids, existing=self.item_ids)
+        vectors, flags, fused = _check_payload(self.folder, ids, modality_vectors, generated, fused,
+                                               expect_dims=self.dims, fused_dim=self.meta["fused_dim"])
+        old_n = len(self)
+        meta = dict(self.meta)
+        meta["item_ids"] = self.item_ids + ids
+        meta["generated"] = {m: self.meta["generated"][m] + flags[m].tolist() for m in self.modalities}
+        meta["count"] = len(meta["item_ids"])
+        meta["extra"] = {**self.meta["extra"], **(extra or {})}
+        meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for m, v in [*vectors.items(), (FUSED, fused)]:
+            self.indexes[m].add(v)
+        source = self.path  # the snapshot loaded, never the live folder
+
+        def write(tmp: Path) -> None:
+            for m, v in vectors.items():
+                _append_npy(source / f"features_{m}.npy", v, tmp / f"features_{m}.npy")
+            _append_npy(source / "items.npy", fused, tmp / "items.npy")
+            for key in meta["extra_arrays"]:
+                shutil.copy2(source / f"extra_{key}.npy", tmp / f"extra_{key}.npy")
+            for name in meta.get("files", ()):
+                shutil.copy2(source / name, tmp / name)
+
+        try:
+            meta, self.path = write_bundle(self.folder, meta, self.indexes, write,
+                                            expect_meta_sha=self._meta_sha)
+        except BaseException:
+            fresh = IndexBundle.load(self.folder)
+            self.indexes, self.path, self._meta_sha = fresh.indexes, fresh.path, fresh._meta_sha
+            self._set_meta(fresh.meta)
+            raise
+        self._meta_sha = _sha256(self.path / META)
+        self._set_meta(meta)
+        return np.arange(old_n, len(self), dtype=np.int64)
+
+    # ------------------------------------------------------------------ search
+    def search(self, modality: str, query_vectors: np.ndarray, k: int, exclude_rows: Any = None) -> SearchHits:
+        """Top-``k`` items of ``modality``'s index (or "fused") for each query vector.
+
+        ``exclude_rows``: rows never to return (e.g. a user's items), either one sequence for every query
+        or one sequence per query. The index is over-fetched by the number excluded, then filtered.
+        For "fused", ``generated`` marks items with at least one generated modality.
+        Slots left empty (fewer than k candidates) hold row -1, score -inf.
+        """
+        if modality not in self.indexes:
+            raise KeyError(f"no index {modality!r} in {self.folder} (has {', '.join(self.indexes)})")
+        index = self.indexes[modality]
+        q = np.asarray(query_vectors)
+        n_queries = 1 if q.ndim == 1 else len(q)
+        excluded = _exclusion_sets(exclude_rows, n_queries)
+        k = min(int(k), index.ntotal)
+        fetch = min(index.ntotal, k + max((len(e) for e in excluded), default=0))
+        scores, rows = index.search(q, fetch)
+        keep = rows >= 0
+        for i, e in enumerate(excluded):
+            if len(e):
+                keep[i] &= ~np.isin(rows[i], e)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        rows = np.take_along_axis(rows, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+        valid = np.take_along_axis(keep, order, axis=1)
+        rows[~valid] = -1
+        scores[~valid] = -np.inf
+        flags = self.generated.get(modality, self._any_generated)
+        generated = np.where(valid, flags[np.maximum(rows, 0)], False)
+        return SearchHits(rows=rows, scores=scores, generated=generated)
+
+
+# ---------------------------------------------------------------------- helpers
+def _split_extra(folder: Path, extra: dict[str, Any], encoder_fingerprint: dict | str
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``extra``'s JSON values (checked serialisable, with the encoder fingerprint) and its arrays."""
+    arrays = {k: np.asarray(v) for k, v in extra.items() if isinstance(v, np.ndarray)}
+    for key in arrays:
+        if not _NAME.match(key):
+            raise DataError(folder, f"extra array name {key!r} must match {_NAME.pattern}", field="extra")
+    plain = {k: v for k, v in extra.items() if k not in arrays}
+    try:
+        json.dumps({"extra": plain, "encoder_fingerprint": encoder_fingerprint})
+    except (TypeError, ValueError) as exc:
+        raise DataError(folder, f"extra / encoder_fingerprint must be JSON-serialisable ({exc})") from exc
+    return plain, arrays
+
+
+def _files_to_copy(folder: Path, files: dict[str, str | Path]) -> dict[str, Path]:
+    """Bundle file name -> existing source file, each name a plain one that no bundle file of its own takes."""
+    out = {str(name): Path(src) for name, src in files.items()}
+    for name, src in out.items():
+        if Path(name).name != name or name == META or name.endswith((".faiss", ".npy")):
+            raise DataError(folder, f"bundle file name {name!r} must be a plain name, not {META}, "
+                                    f"*.faiss or *.npy", field="files")
+        if not src.is_file():
+            raise DataError(src, "file to copy into the bundle does not exist", field="files")
+    return out
+
+
+def _check_new_ids(folder: Path, ids: list[str], existing: Sequence[str]) -> None:
+    seen = set(existing)
+    dupes = sorted({i for i, c in Counter(ids).items() if c > 1 or i in seen})
+    if dupes:
+        shown = ", ".join(repr(d) for d in dupes[:5]) + (" ..." if len(dupes) > 5 else "")
+        where = "already in the bundle or repeated" if existing else "repeated"
+        raise DataError(folder, f"{len(dupes)} duplicate item id(s) {where}: {shown}", field="item_ids")
+
+
+def _check_payload(folder: Path, ids: list[str], modality_vectors: dict[str, np.ndarray],
+                   generated: dict[str, np.ndarray], fused: np.ndarray, *,
+                   expect_dims: dict[str, int] | None = None, fused_dim: int | None = None,
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Validate per-modality vectors, generated flags and fused vectors against ``ids``."""
+    n = len(ids)
+    if not modality_vectors:
+        raise DataError(folder, "no modality vectors given", field="modality_vectors")
+    if expect_dims is not None and list(modality_vectors) != list(expect_dims):
+        if set(modality_vectors) != set(expect_dims):
+            raise DataError(folder, f"modalities {sorted(modality_vectors)} differ from the bundle's "
+                                    f"{sorted(expect_dims)}", field="modality_vectors")
+        modality_vectors = {m: modality_vectors[m] for m in expect_dims}
+    if set(generated) != set(modality_vectors):
+        raise DataError(folder, f"generated flags are for {sorted(generated)}, vectors for "
+                                f"{sorted(modality_vectors)}", field="generated")
+    vectors, flags = {}, {}
+    for m, v in modality_vectors.items():
+        if not _NAME.match(m) or m == FUSED:
+            raise DataError(folder, f"modality name {m!r} must match {_NAME.pattern} and not be "
+                                    f"{FUSED!r}", field="modality_vectors")
+        try:
+            v = check_matrix(v, f"vectors of {m!r}", None if expect_dims is None else expect_dims[m])
+        except DataError as exc:
+            raise DataError(folder, exc.problem, field=m) from exc
+        if len(v) != n:
+            raise DataError(folder, f"{len(v)} vectors of {m!r} for {n} item ids", field=m)
+        g = np.asarray(generated[m])
+        if g.shape != (n,) or g.dtype != bool:
+            raise DataError(folder, f"generated flags of {m!r} must be a bool array of shape ({n},), "
+                                    f"got {g.dtype} {g.shape}", field="generated")
+        vectors[m], flags[m] = v, g
+    try:
+        fused = check_matrix(fused, "fused vectors", fused_dim)
+    except DataError as exc:
+        raise DataError(folder, exc.problem, field="fused") from exc
+    if len(fused) != n:
+        raise DataError(folder, f"{len(fused)} fused vectors for {n} item ids", field="fused")
+    return vectors, flags, fused
+
+
+def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
+    """Write ``source``'s rows followed by ``new`` to ``target`` without loading ``source`` whole."""
+    old = np.load(source, mmap_mode="r")
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32,
+                                    shape=(old.shape[0] + len(new), old.shape[1]))
+    for s in range(0, old.shape[0], ADD_CHUNK):
+        e = min(s + ADD_CHUNK, old.shape[0])
+        out[s:e] = old[s:e]
+    out[old.shape[0]:] = new
+    out.flush()
+    del out
