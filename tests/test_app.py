@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from app_server import GRADIO_PANDAS_WARNINGS, shared_server
+from retrieval.defaults import DEMO_FINETUNE_EPOCHS, DEMO_TRAINING
 from retrieval.search.engine import QueryError
 from retrieval.demo.showcase import MAX_UPLOAD_PIXELS, check_query_image
 
@@ -124,7 +125,10 @@ def test_demo_builds_once_then_reuses_everything(tmp_path: Path, monkeypatch, ca
     from retrieval.demo import run as demo
     from retrieval.encode.clip import ClipEncoder
 
+    asked = []
+
     def tiny(mode, catalog_path, work, **kwargs):
+        asked.append(kwargs["finetune_epochs"])
         return ClipEncoder("dgmrec-tiny", None), {"kind": "test", "note": "tiny random encoder", "spec": {}}
 
     monkeypatch.setattr(demo, "choose_encoder", tiny)
@@ -139,3 +143,13 @@ def test_demo_builds_once_then_reuses_everything(tmp_path: Path, monkeypatch, ca
     assert len(built) == 1, "an unchanged second run does not rebuild"
     assert any("is up to date" in m for m in caplog.messages)
     assert second.index_dir == first.index_dir and second.catalog == first.catalog
+    assert asked == [DEMO_FINETUNE_EPOCHS] * 2  # the sample shop's fine-tuning length
+
+
+def test_demo_training_schedule_is_the_short_one() -> None:
+    from retrieval.demo import run as demo
+
+    config = demo.demo_config()
+    assert (config.epochs, config.eval_every, config.patience, config.gen_refit_steps) == \
+        tuple(DEMO_TRAINING[k] for k in ("epochs", "eval_every", "patience", "gen_refit_steps"))
+    assert config.eval_every == 1 and demo.demo_config(epochs=3).epochs == 3

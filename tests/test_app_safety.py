@@ -116,3 +116,47 @@ def test_server_access_options() -> None:
     assert server_access(args(host="::1")) is None
     assert server_access(args(host="0.0.0.0", auth="ann:s3cret:x")) == ("ann", "s3cret:x")
     assert server_access(args(host="0.0.0.0", public=True)) is None
+
+
+def test_a_moved_bundle_finds_its_catalog_encoder_and_photos_and_still_guards(tmp_path: Path) -> None:
+    import torch
+
+    from dgmrec_core.config import DGMRecConfig
+    from retrieval.build.options import BuildOptions
+    from retrieval.build.pipeline import build_index
+    from retrieval.demo.sample_shop import make_sample_shop
+    from retrieval.encode.clip import ClipEncoder
+    from retrieval.encode.spec import EncoderSpec
+    from retrieval.search.engine import SearchEngine
+
+    old, new = tmp_path / "built-here", tmp_path / "moved-there"
+    shop = make_sample_shop(old / "shop", n_items=80, n_users=40, image_size=32)
+    weights = old / "encoders" / "tiny.pt"
+    weights.parent.mkdir()
+    torch.save(ClipEncoder("dgmrec-tiny", pretrained=None, seed=3).model.state_dict(), weights)
+    options = BuildOptions(encoder=EncoderSpec("dgmrec-tiny", str(weights)), holdout=0.1, progress=False,
+                           config=DGMRecConfig(embedding_size=16, epochs=1, batch_size=1024))
+    build_index(shop / "catalog.csv", shop / "interactions.csv", old / "indexes" / "shop", options)
+    assert str(tmp_path) not in (old / "indexes" / "shop" / "meta.json").read_text()  # nothing absolute
+    shutil.move(old, new)  # bundle, catalog, images and encoder together; the old folder is gone
+
+    engine = SearchEngine.load(new / "indexes" / "shop")  # the encoder recorded in the bundle, found here
+    assert engine.encoder.pretrained == str((new / "encoders" / "tiny.pt").resolve())
+    item = next(engine.item(i) for i in engine.bundle.item_ids if engine.item(i).image)
+    assert Path(item.image).is_relative_to(new.resolve())
+    guard = ImageGuard(engine)
+    assert guard.allowed(item.image) == item.image and guard.photo(item.image) is not None
+    Image.new("RGB", (8, 8), "blue").save(new / "outside.png")  # beside the catalog's folder, not in it
+    for bad in (str(new / "shop" / ".." / "outside.png"), str(new / "outside.png"), "/etc/passwd"):
+        assert guard.allowed(bad) is None, bad
+
+    # a bundle written before (absolute catalog and weights paths) still loads and shows its photos
+    meta_path = new / "indexes" / "shop" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"]["catalog"] = str((new / "shop" / "catalog.csv").resolve())
+    meta["extra"]["encoder"] = {k: v for k, v in meta["extra"]["encoder"].items() if k != "pretrained_file"}
+    meta["extra"]["encoder"]["pretrained"] = str((new / "encoders" / "tiny.pt").resolve())
+    meta_path.write_text(json.dumps(meta))
+    engine = SearchEngine.load(new / "indexes" / "shop")
+    assert engine.encoder.pretrained == str((new / "encoders" / "tiny.pt").resolve())
+    assert ImageGuard(engine).allowed(item.image) == item.image

@@ -87,10 +87,8 @@ class ImageGuard:
         bundle = self._engine.bundle
         if bundle.path == self._version:
             return
-        info = self._engine.info
-        catalogs = [info.catalog, *info.catalogs]
         self.roots = {Path(bundle.folder).resolve(), Path(bundle.path).resolve(),
-                      *(Path(c).resolve().parent for c in catalogs if isinstance(c, str) and c)}
+                      *self._engine.info.catalog_roots(Path(bundle.folder))}
         self._version = bundle.path
 
     def allowed(self, path: str | None) -> str | None:

@@ -117,8 +117,8 @@ def _add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from retrieval.defaults import (COMPACT_MODEL, ENCODER_MODES, FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR,
-                                    SCRATCH_LR)
+    from retrieval.defaults import (COMPACT_MODEL, DEMO_FINETUNE_EPOCHS, DEMO_TRAINING, ENCODER_MODES, FINETUNE_BATCH,
+                                    FINETUNE_EPOCHS, PRETRAINED_LR, SCRATCH_LR)
 
     p = sub.add_parser("demo", help="build everything from the sample shop (or a catalog) and serve the page",
                        description="One command from nothing to the web page: make the sample shop (or read "
@@ -140,9 +140,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", choices=ENCODER_MODES, default="auto",
                    help="'auto': pretrained ViT-B-32 where its weights can be had, else the fine-tuned compact "
                         "encoder; 'pretrained': that or fail; 'compact': always fine-tune the compact encoder")
-    p.add_argument("--finetune-epochs", type=int, default=FINETUNE_EPOCHS,
-                   help=f"epochs of the compact encoder's fine-tuning (default {FINETUNE_EPOCHS})")
-    p.add_argument("--epochs", type=int, help="maximum DGMRec training epochs (default: the demo's budget, 40)")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"epochs of the compact encoder's fine-tuning (default {DEMO_FINETUNE_EPOCHS} on the sample "
+                        f"shop, {FINETUNE_EPOCHS} on a --catalog)")
+    p.add_argument("--epochs", type=int,
+                   help=f"maximum DGMRec training epochs (default: the demo's budget, {DEMO_TRAINING['epochs']})")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-serve", action="store_true", help="build (or check) everything, then exit without serving")
     _add_server_arguments(p)

@@ -17,7 +17,7 @@ from dgmrec_core.errors import DataError
 from retrieval.build.completion import complete_new_items
 from retrieval.catalog import Catalog, Problem, load_catalog
 from retrieval.index.fused import augment_items
-from retrieval.index.info import ItemStore
+from retrieval.index.info import ItemStore, bundle_ref
 from retrieval.modalities import MODALITIES
 from retrieval.search.engine import SearchEngine
 
@@ -47,7 +47,7 @@ def add_items(engine: SearchEngine, catalog_path: str | Path, *, skip_bad: bool 
         fused = model.cold_item_embeddings([torch.as_tensor(done.features[m]) for m in engine.modalities])
     info = engine.info
     info = replace(info, items=info.items + ItemStore.of(catalog, bundle.folder),
-                   catalogs=[*info.catalogs, str(catalog.source)],
+                   catalogs=[*info.catalogs, bundle_ref(catalog.source, bundle.folder)],
                    skipped=[*info.skipped, *(f"{catalog.source.name}: {p}" for p in problems)])
     bundle.add_items(catalog.item_ids, done.features, done.generated, augment_items(fused.numpy(), engine.radius),
                      extra=info.to_extra())

@@ -137,9 +137,10 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path | None, 
     training = TrainingRecord(config=payload["config"], config_hash=_config_hash(options.config),
                               data_fingerprint=payload["fingerprint"], history=payload["history"],
                               best_epoch=payload["best_epoch"], metrics=payload["metrics"])
-    info = BuildInfo(catalog=str(catalog.source), items=ItemStore.of(catalog, out_dir), users=list(inter.user_ids),
-                     encoder=EncoderSpec.of(encoder), radius=radius, training=training, report=report,
-                     skipped=[str(p) for p in problems], model_file=MODEL_FILE)
+    info = BuildInfo.relative(out_dir, catalog=catalog.source, encoder=EncoderSpec.of(encoder),
+                              items=ItemStore.of(catalog, out_dir), users=list(inter.user_ids), radius=radius,
+                              training=training, report=report, skipped=[str(p) for p in problems],
+                              model_file=MODEL_FILE)
     indptr, indices = _user_items(inter)
     arrays = {"user_embeddings": users, "user_items_indptr": indptr, "user_items_indices": indices,
               **held_arrays}

@@ -28,7 +28,7 @@ from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
 from dgmrec_core.jsonfiles import canonical, read_json
 from retrieval.catalog import load_catalog
-from retrieval.defaults import COMPACT_MODEL, ENCODER_MODES, FINETUNE_EPOCHS
+from retrieval.defaults import COMPACT_MODEL, DEMO_FINETUNE_EPOCHS, DEMO_TRAINING, ENCODER_MODES, FINETUNE_EPOCHS
 from retrieval.encode.clip import ClipEncoder, EncoderUnavailable, sha256_file
 from retrieval.encode.finetune import finetune_clip
 from retrieval.index.storage import FORMAT_VERSION, META
@@ -37,9 +37,6 @@ from retrieval.build.pipeline import build_index
 from retrieval.demo.sample_shop import make_sample_shop
 from retrieval.demo.showcase import encoder_note
 from retrieval.encode.spec import DEFAULT_MODEL, DEFAULT_PRETRAINED, EncoderSpec
-
-# Training settings of the demo: the paper's configuration, with a CPU-sized epoch budget.
-DEMO_TRAINING = {"epochs": 40, "patience": 5}
 
 log = logging.getLogger("dgmrec.demo")
 
@@ -165,15 +162,21 @@ def _remember(path: Path, request: dict[str, Any], choice: str) -> None:
 
 def run_demo(work: str | Path = ".cache/demo", *, catalog: str | Path | None = None,
              interactions: str | Path | None = None, index_dir: str | Path = "indexes/sample-shop",
-             n_items: int = 3000, encoder_mode: str = "auto", finetune_epochs: int = FINETUNE_EPOCHS,
+             n_items: int = 3000, encoder_mode: str = "auto", finetune_epochs: int | None = None,
              epochs: int | None = None) -> DemoBuild:
-    """Make (or take) the data, choose the encoder, build the index; each step reuses its cache."""
+    """Make (or take) the data, choose the encoder, build the index; each step reuses its cache.
+
+    ``finetune_epochs`` (compact encoder) defaults to ``DEMO_FINETUNE_EPOCHS`` on the sample shop and
+    ``FINETUNE_EPOCHS`` on a given catalog.
+    """
     work, index_dir = Path(work), Path(index_dir)
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     if catalog is None and interactions is not None:
         raise DataError(interactions, "--interactions needs --catalog (or give neither, for the sample shop)")
+    if finetune_epochs is None:
+        finetune_epochs = DEMO_FINETUNE_EPOCHS if catalog is None else FINETUNE_EPOCHS
     if catalog is None:
         log.info(f"[1/3] data: the sample shop ({n_items} items) in {work / 'sample-shop'}")
         shop = make_sample_shop(work / "sample-shop", n_items=n_items, n_users=max(1, n_items // 2))

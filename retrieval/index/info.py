@@ -19,10 +19,15 @@ MODEL_FILE = "model.pt"  # the bundle's own copy of the trained model
 FUSED_TRANSFORM = "dot-to-cosine"  # how fused item vectors sit in a cosine index (retrieval.index.fused)
 
 
+def bundle_ref(path: str | Path, folder: str | Path) -> str:
+    """``path`` as a bundle records it: relative to the bundle folder, so a bundle moved (or copied) together
+    with its catalog and encoder still finds them and names no folder of the machine that built it."""
+    return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+
+
 def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
     """Image paths as stored in a bundle: relative to the bundle folder."""
-    base = folder.resolve()
-    return [None if p is None else os.path.relpath(Path(p).resolve(), base) for p in paths]
+    return [None if p is None else bundle_ref(p, folder) for p in paths]
 
 
 @dataclass
@@ -123,11 +128,34 @@ class BuildInfo:
     skipped: list[str] = field(default_factory=list)
     catalogs: list[str] = field(default_factory=list)  # catalogs added later (``add-items``)
     model_file: str = MODEL_FILE
+    encoder_file: bool = False  # encoder.pretrained is a weights file, relative to the bundle folder
+
+    @classmethod
+    def relative(cls, folder: Path, *, catalog: Path, encoder: EncoderSpec, **fields: Any) -> "BuildInfo":
+        """A new bundle's info with the catalog and an encoder weights file recorded relative to ``folder``."""
+        weights = encoder.pretrained
+        is_file = weights is not None and os.path.isfile(weights)
+        if is_file:
+            encoder = EncoderSpec(encoder.model_name, bundle_ref(weights, folder), encoder.seed)
+        return cls(catalog=bundle_ref(catalog, folder), encoder=encoder, encoder_file=is_file, **fields)
+
+    def encoder_here(self, folder: Path) -> EncoderSpec:
+        """The encoder spec with its weights file as a path here (resolved against the bundle ``folder``);
+        bundles written before recorded an absolute path, which is taken as it is."""
+        if not self.encoder_file:
+            return self.encoder
+        return EncoderSpec(self.encoder.model_name, str((Path(folder) / self.encoder.pretrained).resolve()),
+                           self.encoder.seed)
+
+    def catalog_roots(self, folder: Path) -> set[Path]:
+        """The folders of the bundle's catalogs (recorded relative to ``folder``, or absolute before)."""
+        return {(Path(folder) / c).resolve().parent for c in [self.catalog, *self.catalogs] if c}
 
     def to_extra(self) -> dict[str, Any]:
         """The JSON of meta.json's ``extra``."""
+        encoder = {**self.encoder.to_json(), **({"pretrained_file": True} if self.encoder_file else {})}
         return {"catalog": self.catalog, "items": self.items.to_json(), "users": self.users,
-                "encoder": self.encoder.to_json(), **self.training.to_extra(), **self.report.to_extra(),
+                "encoder": encoder, **self.training.to_extra(), **self.report.to_extra(),
                 "skipped": self.skipped, "catalogs": self.catalogs,
                 "fused": {"transform": FUSED_TRANSFORM, "radius": self.radius}, "model_file": self.model_file}
 
@@ -138,4 +166,5 @@ class BuildInfo:
                    users=list(extra["users"]), encoder=EncoderSpec.from_json(extra["encoder"]),
                    radius=float(extra["fused"]["radius"]), training=TrainingRecord.from_extra(extra),
                    report=GenerationReport.from_extra(extra), skipped=list(extra.get("skipped", [])),
-                   catalogs=list(extra.get("catalogs", [])), model_file=extra.get("model_file", MODEL_FILE))
+                   catalogs=list(extra.get("catalogs", [])), model_file=extra.get("model_file", MODEL_FILE),
+                   encoder_file=bool(extra["encoder"].get("pretrained_file", False)))

@@ -116,7 +116,8 @@ class SearchEngine:
         if list(model.names) != bundle.modalities or model.n_modalities == 0:
             raise IndexMismatch(folder, f"model modalities {model.names} do not match the index's {bundle.modalities}")
         if encoder is None:
-            encoder = ClipEncoder(info.encoder.model_name, info.encoder.pretrained, seed=info.encoder.seed)
+            spec = info.encoder_here(folder)
+            encoder = ClipEncoder(spec.model_name, spec.pretrained, seed=spec.seed)
         if canonical(encoder.fingerprint()) != canonical(bundle.encoder_fingerprint):
             raise IndexMismatch(folder, f"encoder {EncoderSpec.of(encoder).describe()} differs from the one the "
                                         f"index was built with ({info.encoder.describe()}): features would not "
