@@ -19,6 +19,7 @@ AUTO_EXACT_MAX = 50_000  # index kind "auto": exact search below this many rows,
 # the paper's rule (every 3 epochs, patience 26, cap 500) is for the benchmarks, not a first run.
 DEMO_TRAINING = {"epochs": 10, "eval_every": 1, "patience": 2, "gen_refit_steps": 500}
 # ... and the compact encoder's fine-tuning on the sample shop: attribute search precision@10 (both
-# attributes, encoder alone) 0.67 after 8 epochs, 0.83 after 12, 0.90 after 14, 0.93 after 16, 0.98 after
-# 20; a catalog given to the demo gets FINETUNE_EPOCHS.
+# attributes, encoder alone, seed 0) 0.67 after 8 epochs, 0.83 after 12, 0.90 after 14, 0.93 after 16,
+# 0.98 after 20; seeds 1 and 2 give 0.92 and 0.90 after 16 (RESULTS.md section 6). A catalog given to
+# the demo gets FINETUNE_EPOCHS.
 DEMO_FINETUNE_EPOCHS = 16
