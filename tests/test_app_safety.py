@@ -8,6 +8,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,8 +31,12 @@ def _status(url: str) -> int:
 
 
 def _fake_engine(folder: Path, catalog: Path) -> SimpleNamespace:
+    from retrieval.index.info import BuildInfo
+
     bundle = SimpleNamespace(folder=folder, path=folder)
-    return SimpleNamespace(bundle=bundle, info=SimpleNamespace(catalog=str(catalog), catalogs=[]))
+    info = SimpleNamespace(catalog=str(catalog), catalogs=[])
+    info.catalog_roots = partial(BuildInfo.catalog_roots, info)  # the real rule on the fake's two fields
+    return SimpleNamespace(bundle=bundle, info=info)
 
 
 def test_guard_admits_only_images_inside_the_bundle_or_catalog_folder(tmp_path: Path, caplog) -> None:
