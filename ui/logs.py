@@ -23,6 +23,9 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Send the ``dgmrec`` loggers' messages to standard output (idempotent: one handler, once)."""
     logger = logging.getLogger("dgmrec")
     logger.setLevel(level)
+    root = logging.getLogger()
+    if not root.handlers:  # else a library's module-level logging.warning() runs basicConfig on the root
+        root.addHandler(logging.NullHandler())  # logger, and every dgmrec message is printed twice
     if not any(isinstance(h, _BetweenBars) for h in logger.handlers):
         handler = _BetweenBars()
         handler.setFormatter(logging.Formatter("%(message)s"))
