@@ -281,31 +281,26 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
     else:
         item_vocab = sorted_ids(items[in_train])
     user_vocab = sorted_ids(users[in_train])
+    u, i = lookup(user_vocab, users), lookup(item_vocab, items)
     dropped = 0
     if labels is not None:
-        new_user = ~in_train & (lookup(user_vocab, users) < 0)
-        new_item = ~in_train & (lookup(item_vocab, items) < 0) if not fixed_items else np.zeros(n, dtype=bool)
+        new_user = ~in_train & (u < 0)
+        new_item = ~in_train & (i < 0) if not fixed_items else np.zeros(n, dtype=bool)
         unseen = new_user | new_item
         dropped = int(unseen.sum())
         if dropped:
             warnings.warn(_unseen_message(labels, unseen, len(np.unique(users[new_user])),
                                           len(np.unique(items[new_item])), where),
                           UnseenInTrainingWarning, stacklevel=2)
-            users, items, labels, rows = users[~unseen], items[~unseen], labels[~unseen], rows[~unseen]
-            timestamps = None if timestamps is None else np.asarray(timestamps)[~unseen]
-            n = len(users)
-
-    def index(values: np.ndarray, vocab: np.ndarray, kind: str) -> np.ndarray:
-        idx = lookup(vocab, values)
-        if (idx < 0).any():  # only an item outside the given item list can get here
-            pos = int(np.argmax(idx < 0))
-            label = 0 if labels is None else int(labels[pos])
-            raise DataError(where(label), f"{kind} id {str(values[pos])!r} is not in the given item list "
-                                          f"({len(vocab)} items)", row=int(rows[pos]))
-        return idx
-
-    u = index(users, user_vocab, "user")
-    i = index(items, item_vocab, "item")
+            keep = ~unseen
+            u, i, items, labels, rows = u[keep], i[keep], items[keep], labels[keep], rows[keep]
+            timestamps = None if timestamps is None else np.asarray(timestamps)[keep]
+            n = len(u)
+    if (i < 0).any():  # only an item outside the given item list can be left unknown here
+        pos = int(np.argmax(i < 0))
+        raise DataError(where(0 if labels is None else int(labels[pos])),
+                        f"item id {str(items[pos])!r} is not in the given item list ({len(item_vocab)} items)",
+                        row=int(rows[pos]))
     n_users, n_items = len(user_vocab), len(item_vocab)
 
     # Deduplicate: order by (split, time, input position) and keep each pair's first entry.
