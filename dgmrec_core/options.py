@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import MISSING, field, fields
 from typing import Any
 
+DEVICE_HELP = ("where to train and encode: 'auto' (the default: a CUDA GPU when there is one, else the CPU; "
+               "under torchrun each process takes the GPU of its LOCAL_RANK), 'cpu', 'cuda' or 'cuda:N'")
+
 
 def option(default: Any, help: str, **more: Any) -> Any:
     """A dataclass field with its ``help`` text (and e.g. ``choices``) in its metadata."""

@@ -1,6 +1,7 @@
 """Training: seeded BPR batches, per-epoch generation and graph refresh, early stopping, checkpoints."""
 from __future__ import annotations
 
+import logging
 import random
 import time
 import warnings
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .checkpoint import dataset_fingerprint, model_shape, model_state, read_checkpoint, restore_state, save_checkpoint
 from .config import DGMRecConfig
 from .data import Dataset, Interactions
@@ -19,6 +21,8 @@ from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
 from .model import DGMRec
+
+log = logging.getLogger("dgmrec.train")
 
 KS = (10, 20, 50)
 SELECT = "recall@20"
@@ -106,18 +110,213 @@ def config_changes(saved: dict[str, Any], config: DGMRecConfig) -> str:
     return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys)
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+def _rng_state(rng: np.random.Generator, device: torch.device = distributed.CPU) -> dict[str, Any]:
+    state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def _set_rng_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+def _set_rng_state(rng: np.random.Generator, state: dict[str, Any], device: torch.device = distributed.CPU) -> None:
     rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def place(model: DGMRec, device: torch.device) -> DGMRec:
+    """``model`` with its weights, buffers and sparse graphs on ``device`` (a no-op on the CPU it is on)."""
+    model.to(device)
+    model.graphs = {k: g.to(device) for k, g in model.graphs.items()}
+    return model
+
+
+@dataclass
+class _Stopping:
+    """The early-stopping state a checkpoint carries: history, best validation so far, stale validations."""
+
+    best_state: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0
+    start: int = 0  # the first epoch to train
+
+
+class _Run:
+    """One training run of :func:`fit`: the model, its optimisers and random streams, the stopping state.
+
+    Under torchrun every rank holds an identical model: the per-epoch whole-catalog work runs on every
+    rank from the same random state, each global batch's rows are split across the ranks, and the
+    gradients are averaged before each step. Validation runs on rank 0 and its figures are broadcast, so
+    every rank takes the same early-stopping decision."""
+
+    def __init__(self, dataset: Dataset, config: DGMRecConfig, ctx: distributed.Context, knn_fn: KnnFn,
+                 problem: str | None, *, checkpoint: Path | None, progress: bool) -> None:
+        self.dataset, self.config, self.ctx, self.knn_fn, self.problem = dataset, config, ctx, knn_fn, problem
+        self.checkpoint, self.progress = checkpoint, progress and ctx.is_main
+        inter = dataset.interactions
+        seed_everything(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
+                       [m.name for m in dataset.modalities])
+        model.attach(dataset, knn_fn)
+        self.model = place(model, ctx.device)
+        self.opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
+        self.club_opt = torch.optim.Adam(model.club.parameters(), lr=config.club_lr) if model.n_modalities else None
+        self.fingerprint = dataset_fingerprint(dataset)
+        self.state = _Stopping(best_state=model_state(model))
+        self.sampler: NegativeSampler | None = None
+        self.saved: dict[str, Any] | None = None  # the last checkpoint payload written
+        if ctx.distributed:
+            log.info("rank %d of %d: data-parallel training on %s", ctx.rank, ctx.world, ctx.device)
+
+    def resume(self) -> None:
+        """Continue from the checkpoint (every rank reads the same file)."""
+        payload = read_checkpoint(self.checkpoint)
+        if payload["fingerprint"] != self.fingerprint:
+            raise DataError(self.checkpoint, "checkpoint was trained on different data (fingerprint mismatch)")
+        changed = config_changes(payload.get("config", {}), self.config)
+        if changed:
+            raise DataError(self.checkpoint, f"cannot resume with other settings than the checkpoint's: {changed}; "
+                                             "give the same options, or train into a new --out")
+        cur = payload["current"]
+        self._restore(cur["state"])
+        self.opt.load_state_dict(cur["opt"])
+        if self.club_opt is not None:
+            self.club_opt.load_state_dict(cur["club_opt"])
+        _set_rng_state(self.rng, cur["rng"], self.ctx.device)
+        self.state = _Stopping(best_state=payload["best"], history=payload["history"], best_score=cur["best_score"],
+                               best_epoch=payload["best_epoch"], stale=cur["stale"], start=cur["epoch"] + 1)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        restore_state(self.model, state)
+        place(self.model, self.ctx.device)
+
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, then validate (and checkpoint) when it is a validation epoch."""
+        t0 = time.perf_counter()
+        self.model.train()
+        distributed.sync_torch_rng(self.ctx)
+        self._catalog_pass(epoch)
+        sums, n_batches = self._batches(epoch)
+        if self.model.n_modalities:
+            self.model.update_calibration()  # so a saved state generates as its weights say
+        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+                                  "loss": {k: v / n_batches for k, v in sums.items()}}
+        validate = (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
+        if validate:
+            self._validate(epoch, record)
+        self.state.history.append(record)
+        if self.progress:
+            valid = record.get("valid", {}).get(SELECT)
+            tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
+                       f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
+        if self.checkpoint is not None and validate and self.ctx.is_main:
+            self._save(epoch)
+
+    def _catalog_pass(self, epoch: int) -> None:
+        """The per-epoch whole-catalog work: CLUB estimators, generation of missing features, kNN refresh."""
+        model, config = self.model, self.config
+        if not model.n_modalities:
+            return
+        model.club_step(self.club_opt, config.club_steps)
+        if config.generation:
+            model.generate_missing()
+            if (epoch + 1) % config.refresh_every == 0:
+                model.refresh_graphs(self.knn_fn)
+
+    def _batches(self, epoch: int) -> tuple[dict[str, float], int]:
+        """One pass over the shuffled training pairs in BPR batches; the summed loss terms and the batch count.
+
+        Every rank draws the whole batch (order and negatives, so the random streams stay equal) and
+        trains on its share of the rows; a share's loss is weighted by its size, so that the averaged
+        gradient is the whole batch's for losses that are means over rows."""
+        inter, config, ctx = self.dataset.interactions, self.config, self.ctx
+        n_batches = max(1, -(-len(inter.train) // config.batch_size))
+        order = self.rng.permutation(len(inter.train))
+        sums: dict[str, float] = {}
+        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
+        for b in bar:
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            users = inter.train[rows, 0]
+            neg = self.sampler.sample(users)
+            mine = ctx.shard(len(rows))
+            weight = (mine.stop - mine.start) * ctx.world / len(rows)
+            batch = (torch.as_tensor(users[mine]), torch.as_tensor(inter.train[rows[mine], 1]),
+                     torch.as_tensor(neg[mine]))
+            self.opt.zero_grad()
+            terms: dict[str, float] = {}
+            if weight > 0:
+                loss, terms = self.model.loss(*(t.to(ctx.device) for t in batch))
+                (loss if weight == 1 else loss * weight).backward()
+            distributed.average_gradients(ctx, [p for g in self.opt.param_groups for p in g["params"]])
+            self.opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v * weight
+            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+        return _mean_over_ranks(ctx, sums), n_batches
+
+    def _validate(self, epoch: int, record: dict[str, Any]) -> None:
+        """Validation figures into ``record`` (computed on rank 0, known to all) and the stopping state."""
+        st, inter = self.state, self.dataset.interactions
+        if len(inter.valid):
+            valid = evaluate(self.model, self.dataset, "valid") if self.ctx.is_main else None
+            record["valid"] = distributed.broadcast_object(self.ctx, valid)
+        if self.problem is not None:
+            st.best_epoch, st.best_state = epoch + 1, model_state(self.model)
+        elif record["valid"][SELECT] > st.best_score:
+            st.best_score, st.best_epoch, st.best_state = record["valid"][SELECT], epoch + 1, model_state(self.model)
+            st.stale = 0
+        else:
+            st.stale += 1
+
+    def _save(self, epoch: int) -> None:
+        st, opt, club_opt = self.state, self.opt, self.club_opt
+        save_checkpoint(self.checkpoint, saved := {
+            "config": self.config.to_dict(), "shape": model_shape(self.model), "fingerprint": self.fingerprint,
+            "history": st.history, "best": st.best_state, "best_epoch": st.best_epoch,
+            "current": {"state": model_state(self.model), "opt": opt.state_dict(),
+                        "club_opt": club_opt.state_dict() if club_opt is not None else None,
+                        "rng": _rng_state(self.rng, self.ctx.device), "epoch": epoch, "best_score": st.best_score,
+                        "stale": st.stale}})
+        self.saved = saved
+
+    def finish(self) -> TrainResult:
+        """The best model (generation refitted, on every rank) and its final figures (computed on rank 0)."""
+        model, config, ctx, dataset = self.model, self.config, self.ctx, self.dataset
+        if not distributed.ranks_agree(ctx, list(model.state_dict().values())):
+            log.warning("rank %d: the ranks' models differ after training (data-parallel runs keep them equal; "
+                        "please report this)", ctx.rank)
+        self._restore(self.state.best_state)
+        distributed.sync_torch_rng(ctx)
+        if model.n_modalities and config.generation and config.gen_refit_steps:
+            model.refit_generation(config.gen_refit_steps, seed=config.seed)  # generation only: scores unchanged
+            if self.checkpoint is not None and self.saved is not None:
+                save_checkpoint(self.checkpoint, {**self.saved, "best": model_state(model)})
+        figures = None
+        if ctx.is_main:
+            valid = evaluate(model, dataset, "valid") if len(dataset.interactions.valid) else {}
+            new = dataset.new_items is not None and len(dataset.new_items)
+            figures = (valid, evaluate(model, dataset, "test"),
+                       evaluate(model, dataset, "test", new_items_only=True) if new else None)
+        valid, test, test_new = distributed.broadcast_object(ctx, figures)
+        model.eval()
+        return TrainResult(model, self.state.history, self.state.best_epoch, valid, test, test_new,
+                           validation_problem=self.problem)
+
+
+def _mean_over_ranks(ctx: distributed.Context, sums: dict[str, float]) -> dict[str, float]:
+    """Per key, the mean of ``sums`` over the ranks (``sums`` itself in a single process)."""
+    if not ctx.distributed:
+        return sums
+    every = distributed.gather_objects(ctx, sums)
+    return {k: sum(s.get(k, 0.0) for s in every) / ctx.world for k in every[0]}
 
 
 def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
-        knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True) -> TrainResult:
+        knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True, device: str | torch.device = "auto") -> TrainResult:
     """Train DGMRec (or a baseline, by ``config``) on ``dataset``; early stopping on valid Recall@20.
 
     Validation runs every ``eval_every`` epochs and at the last epoch. When the validation split is too
@@ -125,6 +324,11 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
     and training runs ``config.epochs`` epochs without early stopping, keeping the last model.
     With ``checkpoint``, the state is saved atomically after every evaluation; ``resume`` continues
     from it (the checkpoint's data fingerprint must match ``dataset``).
+
+    ``device`` ('auto', 'cpu', 'cuda', 'cuda:N'; ``dgmrec_core.distributed.resolve_device``) is where the
+    model trains. Launched by torchrun with several processes, training is data-parallel
+    (docs/DESIGN.md, "Data-parallel training"): every rank returns the same result; only rank 0 writes
+    the checkpoint and shows progress.
     """
     inter = dataset.interactions
     if len(inter.train) == 0:
@@ -134,98 +338,13 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         warnings.warn(f"{problem}: too sparse to stop early on validation {SELECT}; training a fixed "
                       f"{config.epochs} epochs (set epochs / --epochs) and keeping the last model",
                       SparseValidationWarning, stacklevel=2)
-    seed_everything(config.seed)
-    rng = np.random.default_rng(config.seed)
-    model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
-                   [m.name for m in dataset.modalities])
-    model.attach(dataset, knn_fn)
-    opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
-    club_opt = torch.optim.Adam(model.club.parameters(), lr=config.club_lr) if model.n_modalities else None
-    fingerprint = dataset_fingerprint(dataset)
-    history: list[dict[str, Any]] = []
-    best_score, best_epoch, best_state, stale, start = -1.0, -1, model_state(model), 0, 0
-
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        payload = read_checkpoint(checkpoint)
-        if payload["fingerprint"] != fingerprint:
-            raise DataError(checkpoint, "checkpoint was trained on different data (fingerprint mismatch)")
-        changed = config_changes(payload.get("config", {}), config)
-        if changed:
-            raise DataError(checkpoint, f"cannot resume with other settings than the checkpoint's: {changed}; "
-                                        "give the same options, or train into a new --out")
-        cur = payload["current"]
-        restore_state(model, cur["state"])
-        opt.load_state_dict(cur["opt"])
-        if club_opt is not None:
-            club_opt.load_state_dict(cur["club_opt"])
-        _set_rng_state(rng, cur["rng"])
-        history, best_state = payload["history"], payload["best"]
-        best_score, best_epoch, stale, start = cur["best_score"], payload["best_epoch"], cur["stale"], cur["epoch"] + 1
-
-    sampler = NegativeSampler(inter.train, inter.n_items, rng)
-    n_batches = max(1, -(-len(inter.train) // config.batch_size))
-    saved: dict[str, Any] | None = None  # the last checkpoint payload written
-    for epoch in range(start, config.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        if model.n_modalities:
-            model.club_step(club_opt, config.club_steps)
-            if config.generation:
-                model.generate_missing()
-                if (epoch + 1) % config.refresh_every == 0:
-                    model.refresh_graphs(knn_fn)
-        order = rng.permutation(len(inter.train))
-        sums: dict[str, float] = {}
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
-        for b in bar:
-            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
-            users = inter.train[rows, 0]
-            batch = (torch.as_tensor(users), torch.as_tensor(inter.train[rows, 1]),
-                     torch.as_tensor(sampler.sample(users)))
-            loss, terms = model.loss(*batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
-        if model.n_modalities:
-            model.update_calibration()  # so a saved state generates as its weights say
-        record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
-                                  "loss": {k: v / n_batches for k, v in sums.items()}}
-        validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
-        if validate and len(inter.valid):
-            record["valid"] = evaluate(model, dataset, "valid")
-        if validate and problem is not None:
-            best_epoch, best_state = epoch + 1, model_state(model)
-        elif validate:
-            if record["valid"][SELECT] > best_score:
-                best_score, best_epoch, best_state, stale = record["valid"][SELECT], epoch + 1, model_state(model), 0
-            else:
-                stale += 1
-        history.append(record)
-        if progress:
-            valid = record.get("valid", {}).get(SELECT)
-            tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
-                       f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
-        if checkpoint is not None and validate:
-            save_checkpoint(checkpoint, saved := {
-                "config": config.to_dict(), "shape": model_shape(model), "fingerprint": fingerprint,
-                "history": history, "best": best_state, "best_epoch": best_epoch,
-                "current": {"state": model_state(model), "opt": opt.state_dict(),
-                            "club_opt": club_opt.state_dict() if club_opt is not None else None,
-                            "rng": _rng_state(rng), "epoch": epoch, "best_score": best_score, "stale": stale}})
-        if stale >= config.patience:
+    run = _Run(dataset, config, distributed.init(device), knn_fn, problem,
+               checkpoint=None if checkpoint is None else Path(checkpoint), progress=progress)
+    if resume and run.checkpoint is not None and run.checkpoint.exists():
+        run.resume()
+    run.sampler = NegativeSampler(inter.train, inter.n_items, run.rng)
+    for epoch in range(run.state.start, config.epochs):
+        run.epoch(epoch)
+        if run.state.stale >= config.patience:
             break
-
-    restore_state(model, best_state)
-    if model.n_modalities and config.generation and config.gen_refit_steps:
-        model.refit_generation(config.gen_refit_steps, seed=config.seed)  # generation only: scores unchanged
-        if checkpoint is not None and saved is not None:
-            save_checkpoint(checkpoint, {**saved, "best": model_state(model)})
-    valid = evaluate(model, dataset, "valid") if len(inter.valid) else {}
-    result = TrainResult(model, history, best_epoch, valid, evaluate(model, dataset, "test"),
-                         validation_problem=problem)
-    if dataset.new_items is not None and len(dataset.new_items):
-        result.test_new_items = evaluate(model, dataset, "test", new_items_only=True)
-    return result
+    return run.finish()

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from dgmrec_core.atomic import atomic_path, atomic_write_text, own_folder_problem, sha256_file
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
-from dgmrec_core.options import help_of
+from dgmrec_core.options import DEVICE_HELP, help_of
 from dgmrec_core.versioned import current_version, generation, publish, remove_stale, write_lock
 
 if TYPE_CHECKING:
+    from dgmrec_core import distributed
     from dgmrec_core.data import Dataset
 
 BASELINES = {"lightgcn": {"use_modalities": False}, "no-generation": {"generation": False}}
@@ -171,27 +172,54 @@ def publish_run(out: Path, files: dict[str, Path | str]) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train and publish a run. Launched by torchrun with several processes, the training is data-parallel:
+    rank 0 checks and locks --out, prepares the checkpoint and publishes the run; the others train along."""
     import torch
 
-    from dgmrec_core.trainer import fit
+    from dgmrec_core import distributed
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = config_from_args(args)
-    dataset = load_data(args)
+    ctx = distributed.init(args.device)
+    try:
+        config = config_from_args(args)
+        dataset = load_data(args)
+        if not ctx.is_main:
+            _train_along(ctx, args, dataset, config)
+            return 0
+        return _train_and_publish(ctx, args, dataset, config)
+    finally:
+        distributed.shutdown()
+
+
+def _train_along(ctx: distributed.Context, args: argparse.Namespace, dataset: Dataset, config: DGMRecConfig) -> None:
+    """A rank other than 0: train on the checkpoint rank 0 prepared (read on --resume, never written)."""
+    from dgmrec_core import distributed
+    from dgmrec_core.trainer import fit
+
+    checkpoint = distributed.broadcast_object(ctx, None)
+    fit(dataset, config, checkpoint=checkpoint, resume=args.resume, progress=False, device=ctx.device)
+
+
+def _train_and_publish(ctx: distributed.Context, args: argparse.Namespace, dataset: Dataset,
+                       config: DGMRecConfig) -> int:
+    from dgmrec_core import distributed
+    from dgmrec_core.trainer import fit
+
     out = Path(args.out)
     check_run_folder(out, resume=args.resume, force=args.force)
     with write_lock(out, _run_busy(out)):
         checkpoint, copied = _start_checkpoint(out, resume=args.resume, force=args.force)
+        distributed.broadcast_object(ctx, checkpoint)
         try:
-            result = fit(dataset, config, checkpoint=checkpoint, resume=args.resume)
+            result = fit(dataset, config, checkpoint=checkpoint, resume=args.resume, device=ctx.device)
         except BaseException:
             if copied:  # nothing of this attempt to keep: the published run is unchanged
                 shutil.rmtree(checkpoint.parent, ignore_errors=True)
             raise
         metrics = {"best_epoch": result.best_epoch, "valid": result.valid, "test": result.test,
                    "test_new_items": result.test_new_items, "validation_problem": result.validation_problem,
-                   "dropped_unseen_rows": dataset.interactions.dropped_unseen,
+                   "dropped_unseen_rows": dataset.interactions.dropped_unseen, "processes": ctx.world,
                    "config": config.to_dict(), "model_sha256": sha256_file(checkpoint)}
         publish_run(out, {"model.pt": checkpoint, "metrics.json": json.dumps(metrics, indent=2),
                           "history.json": json.dumps(result.history, indent=2)})
@@ -246,6 +274,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="write into an --out that holds other files or a finished run (its model.pt is replaced)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP + "; launch with `torchrun --nproc_per_node N` "
+                                                   "for data-parallel training (README)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint (full ranking, Recall/NDCG/Hit@10/20/50)",
