@@ -10,7 +10,7 @@ from dgmrec_core.errors import DataError
 from ui.logs import configure_logging
 
 # Modules that each define `register(subparsers)`; a command's handler is stored as `func`.
-COMMAND_MODULES = ("ui.cli_train", "ui.cli_index", "ui.cli_app")
+COMMAND_MODULES = ("ui.cli_train", "ui.cli_encode", "ui.cli_index", "ui.cli_app")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,10 @@ text or of the image file bytes). A re-run encodes only texts/images whose conte
 different encoder fingerprint discards the cache. The manifest is removed before the arrays are
 replaced and written last, so an interrupted write leaves no manifest (and a full re-encode) rather
 than arrays that disagree with it.
+
+Launched by torchrun (``dgmrec encode``), every process hashes and encodes its shard of the catalog's
+new contents, the shards are gathered, and rank 0 alone writes the merged cache (same layout, same
+atomic order); every rank returns the whole features.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text
+from dgmrec_core.distributed import Context, barrier, gather_objects
 from retrieval.catalog import Catalog
 from retrieval.encode.clip import Encoder
 from retrieval.modalities import MODALITIES
@@ -38,16 +43,28 @@ class EncodedFeatures:
     n_encoded: dict[str, int]  # how many distinct contents this call had to encode, per modality
 
 
-def _content_keys(catalog: Catalog) -> dict[str, list[str | None]]:
-    """Per modality, each item's content key (``Modality.content_key``; None where the item lacks it)."""
+def _content_keys(catalog: Catalog, ctx: Context) -> dict[str, list[str | None]]:
+    """Per modality, each item's content key (``Modality.content_key``; None where the item lacks it);
+    each rank hashes its shard of the items and the shards are gathered."""
     keys: dict[str, list[str | None]] = {}
     for name, modality in MODALITIES.items():
-        contents = modality.contents(catalog)
+        contents = modality.contents(catalog)[ctx.shard(catalog.n_items)]
         n_present = sum(c is not None for c in contents)
-        keys[name] = [None if c is None else modality.content_key(c)
-                      for c in tqdm(contents, desc=f"hashing {name}s", unit="item", leave=False,
-                                    disable=n_present < _PROGRESS_MIN_FILES)]
+        mine = [None if c is None else modality.content_key(c)
+                for c in tqdm(contents, desc=f"hashing {name}s", unit="item", leave=False,
+                              disable=n_present < _PROGRESS_MIN_FILES or not ctx.is_main)]
+        keys[name] = [key for shard in gather_objects(ctx, mine) for key in shard]
     return keys
+
+
+def _encode_shared(ctx: Context, modality: str, encoder: Encoder, catalog: Catalog, rows: list[int]) -> np.ndarray:
+    """Features of the catalog items at ``rows``: each rank encodes its shard, every rank gets them all."""
+    if not ctx.distributed:
+        return MODALITIES[modality].encode_rows(encoder, catalog, rows)
+    mine = rows[ctx.shard(len(rows))]
+    part = (MODALITIES[modality].encode_rows(encoder, catalog, mine) if mine
+            else np.zeros((0, encoder.embed_dim), dtype=np.float32))
+    return np.concatenate(gather_objects(ctx, part))
 
 
 def _normalised(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -82,12 +99,17 @@ def _save_array(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path) -> EncodedFeatures:
-    """Encode every item's text and image with ``encoder``, reusing cached features of unchanged content."""
+def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path, *,
+                   ctx: Context | None = None) -> EncodedFeatures:
+    """Encode every item's text and image with ``encoder``, reusing cached features of unchanged content.
+
+    With a distributed ``ctx`` (``dgmrec_core.distributed.init`` under torchrun), the work is sharded
+    across the ranks and rank 0 writes the cache; every rank must call this with the same catalog."""
+    ctx = ctx or Context()
     cache_dir = Path(cache_dir)
     fingerprint = _normalised(encoder.fingerprint())
     dim = encoder.embed_dim
-    keys = _content_keys(catalog)
+    keys = _content_keys(catalog, ctx)
     previous = _load_previous(cache_dir, fingerprint, dim)
 
     features: dict[str, np.ndarray] = {}
@@ -106,7 +128,7 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path) ->
                 todo.setdefault(key, []).append(row)
         if todo:
             firsts = [rows[0] for rows in todo.values()]
-            fresh = MODALITIES[modality].encode_rows(encoder, catalog, firsts)
+            fresh = _encode_shared(ctx, modality, encoder, catalog, firsts)
             for vector, rows in zip(fresh, todo.values()):
                 array[rows] = vector
         features[modality] = array
@@ -115,13 +137,21 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path) ->
 
     manifest = {"format": FORMAT_VERSION, "fingerprint": fingerprint, "dim": dim,
                 "item_ids": catalog.item_ids, "keys": keys}
-    manifest_path = cache_dir / MANIFEST
-    unchanged = manifest_path.is_file() and previous.keys() == set(MODALITIES) and \
-        json.loads(manifest_path.read_text()) == _normalised(manifest)
-    if not unchanged:
-        manifest_path.unlink(missing_ok=True)
-        for modality in MODALITIES:
-            _save_array(cache_dir / f"{modality}.npy", features[modality])
-        atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
+    if ctx.is_main:
+        _write_cache(cache_dir, manifest, features, complete=previous.keys() == set(MODALITIES))
+    barrier(ctx)  # the cache is whole when any rank returns
     return EncodedFeatures(item_ids=list(catalog.item_ids), features=features, observed=observed,
                            fingerprint=fingerprint, n_encoded=n_encoded)
+
+
+def _write_cache(cache_dir: Path, manifest: dict[str, Any], features: dict[str, np.ndarray], *, complete: bool) -> None:
+    """Write the arrays and then the manifest, unless the cache (``complete``: every modality was read
+    from it) already holds exactly this manifest."""
+    manifest_path = cache_dir / MANIFEST
+    unchanged = complete and manifest_path.is_file() and json.loads(manifest_path.read_text()) == _normalised(manifest)
+    if unchanged:
+        return
+    manifest_path.unlink(missing_ok=True)
+    for modality in MODALITIES:
+        _save_array(cache_dir / f"{modality}.npy", features[modality])
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
