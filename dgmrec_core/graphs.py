@@ -60,8 +60,8 @@ def chunked_cosine_knn(features: torch.Tensor, k: int, *, max_chunk_bytes: int =
     n = x.shape[0]
     k = min(k, n)
     chunk = max(1, min(n, max_chunk_bytes // max(1, 4 * n)))
-    idx_out = torch.empty(n, k, dtype=torch.long)
-    sim_out = torch.empty(n, k)
+    idx_out = torch.empty(n, k, dtype=torch.long, device=x.device)
+    sim_out = torch.empty(n, k, device=x.device)
     for start in range(0, n, chunk):
         sims = x[start:start + chunk] @ x.T
         top = sims.topk(k, dim=1)
@@ -76,10 +76,10 @@ def normalised_knn(indices: torch.Tensor, sims: torch.Tensor) -> torch.Tensor:
     D is the row sum of A (as in LATTICE-style modality graphs); non-positive sums are guarded.
     """
     n, k = indices.shape
-    rows = torch.arange(n).repeat_interleave(k)
+    rows = torch.arange(n, device=indices.device).repeat_interleave(k)
     cols = indices.reshape(-1)
     vals = sims.reshape(-1).clamp(min=0)
-    rowsum = torch.zeros(n).index_add_(0, rows, vals)
+    rowsum = torch.zeros(n, device=vals.device).index_add_(0, rows, vals)
     inv_sqrt = torch.where(rowsum > 0, rowsum.clamp(min=1e-12).pow(-0.5), torch.zeros_like(rowsum))
     vals = inv_sqrt[rows] * vals * inv_sqrt[cols]
     keep = vals > 0
@@ -105,7 +105,7 @@ def modality_knn_graph(features: torch.Tensor, observed: torch.Tensor, k: int,
         idx, sims = knn_fn(features, k)
     keep = ~(missing[:, None] | missing[idx])
     sims = torch.where(keep, sims, torch.zeros_like(sims))
-    idx = torch.cat([idx, torch.arange(n)[:, None]], dim=1)
+    idx = torch.cat([idx, torch.arange(n, device=idx.device)[:, None]], dim=1)
     sims = torch.cat([sims, missing.float()[:, None]], dim=1)
     return normalised_knn(idx, sims)
 
@@ -114,16 +114,16 @@ def _knn_among(features: torch.Tensor, rows: torch.Tensor, k: int, knn_fn: KnnFn
     """kNN of ``rows`` among ``rows``, as (n, k) arrays; other rows point at themselves with weight 0."""
     n = features.shape[0]
     if len(rows) == 0:
-        return torch.arange(n)[:, None], torch.zeros(n, 1)
+        return torch.arange(n, device=features.device)[:, None], torch.zeros(n, 1, device=features.device)
     sub_idx, sub_sims = knn_fn(features[rows], k)
     return _spread(n, rows, rows[sub_idx], sub_sims)
 
 
 def _spread(n: int, rows: torch.Tensor, neighbours: torch.Tensor, sims: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, k) kNN arrays holding ``neighbours``/``sims`` at ``rows``; every other row points at itself, weight 0."""
-    idx = torch.arange(n)[:, None].repeat(1, neighbours.shape[1])
+    idx = torch.arange(n, device=neighbours.device)[:, None].repeat(1, neighbours.shape[1])
     idx[rows] = neighbours
-    full = torch.zeros(n, neighbours.shape[1])
+    full = torch.zeros(n, neighbours.shape[1], device=sims.device)
     full[rows] = sims
     return idx, full
 
@@ -143,7 +143,7 @@ def _knn_with_identical_missing(features: torch.Tensor, observed: torch.Tensor, 
     sub_idx, sub_sims = knn_fn(features[torch.cat([rows, copy])], min(k, len(rows) + 1))
     sub_idx, sub_sims = sub_idx[:-1], sub_sims[:-1]  # the copy's own neighbours are not needed
     is_copy = sub_idx == len(rows)
-    position = torch.arange(sub_idx.shape[1]).expand_as(sub_idx)
+    position = torch.arange(sub_idx.shape[1], device=sub_idx.device).expand_as(sub_idx)
     after_copy = (is_copy.cumsum(1) - is_copy.long()) > 0
     rank = torch.where(after_copy, position + n_missing - 1, position)
     kept = ~is_copy & (rank < k)
@@ -174,7 +174,7 @@ def refresh_rows(old: torch.Tensor, rebuilt: torch.Tensor, rows: torch.Tensor, l
     All other rows of ``old`` stay as they were.
     """
     n = old.shape[0]
-    in_set = torch.zeros(n, dtype=torch.bool)
+    in_set = torch.zeros(n, dtype=torch.bool, device=old.device)
     in_set[rows] = True
     o_idx, o_val = old.indices(), old.values()
     r_idx, r_val = rebuilt.indices(), rebuilt.values()

@@ -29,7 +29,7 @@ from dgmrec_core.data import Dataset, Interactions, Modality
 from dgmrec_core.errors import DataError
 from dgmrec_core.heldout import heldout_report
 from dgmrec_core.model import DGMRec
-from dgmrec_core.trainer import fit
+from dgmrec_core.trainer import fit, place
 from retrieval.catalog import Catalog, Problem, load_catalog
 from retrieval.build.completion import complete_features
 from retrieval.build.holdout import Holdout, choose_holdout, score_heldout, with_real
@@ -80,7 +80,7 @@ def _train(dataset: Dataset, config: DGMRecConfig, work_dir: Path, progress: boo
         log.info(f"train: DGMRec on {dataset.n_users} users x {dataset.n_items} items, up to {config.epochs} epochs"
                  + (f" (resuming {partial})" if resume else ""))
         result = fit(dataset, config, checkpoint=partial, resume=resume, progress=progress)
-    model = result.model
+    model = place(result.model, torch.device("cpu"))  # trained on a GPU where there is one; the rest on the CPU
     model.eval()
     payload = {"config": wanted, "shape": model_shape(model), "fingerprint": fingerprint,
                "history": result.history, "best": model_state(model), "best_epoch": result.best_epoch,
