@@ -16,8 +16,8 @@ from dgmrec_core.errors import DataError
 from ui.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--epochs", "6", "--eval-every", "2", "--patience", "10", "--batch-size", "64", "--embedding-size", "16",
-        "--knn-k", "5", "--gen-refit-steps", "20", "--device", "cpu"]
+SMALL = ["--batch-size", "64", "--embedding-size", "16", "--knn-k", "5", "--gen-refit-steps", "20", "--device", "cpu"]
+ARGS = ["--eval-every", "2", "--patience", "10", *SMALL]
 # Two processes split each batch's rows, so the in-batch InfoNCE terms see half the batch each and the noise
 # draws differ: the curve is the same estimator's, not bit-equal. On this data one user's validation hit moves
 # Recall@20 by about 0.02.
@@ -54,8 +54,8 @@ def _curve(run: Path) -> list[float]:
 
 def test_two_processes_match_one(files: Path) -> None:
     one, two = files / "one", files / "two"
-    assert main(["train", *_data(files), *ARGS, "--out", str(one)]) == 0
-    proc = _torchrun(*_data(files), *ARGS, "--threads", "1", "--out", str(two))
+    assert main(["train", *_data(files), *ARGS, "--epochs", "6", "--out", str(one)]) == 0
+    proc = _torchrun(*_data(files), *ARGS, "--epochs", "6", "--threads", "1", "--out", str(two))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "differ" not in proc.stdout + proc.stderr  # the ranks' models stayed equal
     assert (two / "model.pt").is_file() and not (files / ".two.partial").exists()
@@ -66,7 +66,7 @@ def test_two_processes_match_one(files: Path) -> None:
     assert len(curve_one) == len(curve_two) == 3
     assert np.abs(np.subtract(curve_one, curve_two)).max() <= TOLERANCE, (curve_one, curve_two)
 
-    proc = _torchrun(*_data(files), *ARGS[2:], "--epochs", "8", "--threads", "1", "--resume", "--out", str(two))
+    proc = _torchrun(*_data(files), *ARGS, "--epochs", "8", "--threads", "1", "--resume", "--out", str(two))
     assert proc.returncode == 0, proc.stderr[-3000:]
     history = json.loads((two / "history.json").read_text())
     assert [h["epoch"] for h in history] == list(range(1, 9))  # resumed at epoch 7 from the published run
@@ -87,3 +87,14 @@ def test_device_option() -> None:
     if not __import__("torch").cuda.is_available():
         with pytest.raises(DataError, match="no CUDA"):
             resolve_device("cuda:0")
+
+
+def test_two_processes_stop_early_together(files: Path) -> None:
+    """Early stopping under torchrun: rank 0's validation decides for all (a rank that went on would hang)."""
+    run = files / "stop"
+    args = [*SMALL, "--epochs", "40", "--eval-every", "1", "--patience", "1", "--lr", "0.05"]
+    proc = _torchrun(*_data(files), *args, "--threads", "1", "--out", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(history) < 40 and metrics["best_epoch"] == len(history) - 1
