@@ -23,6 +23,7 @@ from dgmrec_core.atomic import atomic_path
 from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
 from retrieval.defaults import AUTO_EXACT_MAX, INDEX_KINDS as KINDS
+from retrieval.index.gpu import GpuMirror
 
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
 DEFAULT_EF_SEARCH = 128  # HNSW candidate list size at search time
@@ -64,6 +65,7 @@ class VectorIndex:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("VectorIndex needs an inner-product FAISS index")
         self._index = index
+        self._gpu = GpuMirror()  # searches on a GPU copy where faiss has a GPU (retrieval/index/gpu.py)
 
     @classmethod
     def build(cls, vectors: np.ndarray, *, kind: str = "auto", nlist: int | None = None,
@@ -189,7 +191,7 @@ class VectorIndex:
         before = faiss.omp_get_max_threads()  # OpenMP is shared with torch: restore it afterwards
         _threads(len(q))
         try:
-            scores, rows = self._index.search(normalise(q), k)
+            scores, rows = self._gpu.searcher(self._index).search(normalise(q), k)
         finally:
             faiss.omp_set_num_threads(before)
         scores[rows < 0] = -np.inf
