@@ -140,6 +140,14 @@ def sync_torch_rng(ctx: Context) -> None:
         torch.cuda.set_rng_state(cuda, ctx.device)
 
 
+def broadcast_tensors(ctx: Context, tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Overwrite ``tensors`` on every rank with rank ``src``'s, in place."""
+    if not ctx.distributed:
+        return
+    for t in tensors:
+        dist.broadcast(t.data, src=src)
+
+
 def average_gradients(ctx: Context, params: list[torch.Tensor]) -> None:
     """Replace each parameter's gradient by its mean over the ranks (one flat all_reduce).
 

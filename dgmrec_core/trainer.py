@@ -200,6 +200,9 @@ class _Run:
         self.model.train()
         distributed.sync_torch_rng(self.ctx)
         self._catalog_pass(epoch)
+        if self.ctx.device.type == "cuda":
+            # CUDA's atomic sums are not bit-reproducible: every rank takes rank 0's weights and buffers
+            distributed.broadcast_tensors(self.ctx, list(self.model.state_dict().values()))
         sums, n_batches = self._batches(epoch)
         if self.model.n_modalities:
             self.model.update_calibration()  # so a saved state generates as its weights say
