@@ -1,13 +1,16 @@
 """Data-parallel training under torchrun against one process: validation curves, wall time, memory.
 
     python benchmarks/train_distributed.py [--epochs 15] [--eval-every 3] [--processes 2] [--cores 2]
+        [--baseline-threads 1] [--seed-spread 2025]
 
 Trains the paper-exact mode on the shared MovieLens data (2/3 missing, the shipped mask) for a fixed
-number of epochs (no early stopping, same seed) twice on the same cores: one process with ``--cores``
-torch threads, then ``torchrun --nproc_per_node P`` with ``--cores / P`` threads each. Prints the two
-validation Recall@20 curves side by side, their largest difference and the wall-time ratio, and merges
-one record per run into benchmarks/results/scale.json (``scale_records.merge_records``). The generation
-refit after training is off (``gen_refit_steps`` 0): it changes no recommendation score.
+number of epochs (no early stopping, same seed) twice on the same cores: one process with
+``--baseline-threads`` torch threads (default ``--cores``), then ``torchrun --nproc_per_node P`` with
+``--cores / P`` threads each. Prints the two validation Recall@20 curves side by side, their largest
+difference and the wall-time ratio, and merges one record per run into benchmarks/results/scale.json
+(``scale_records.merge_records``). ``--seed-spread S`` also trains one process with seed S: how far two
+seeds' curves are apart is the yardstick for the difference. The generation refit after training is off
+(``gen_refit_steps`` 0): it changes no recommendation score.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,28 +54,36 @@ def child(args: argparse.Namespace) -> None:
     result = fit(dataset, config, progress=False, device=ctx.device)
     wall = time.perf_counter() - t0
     rss = distributed.gather_objects(ctx, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if ctx.is_main:
+        _write_result(args, ctx.world, wall, result, rss)
     distributed.shutdown()
-    if not ctx.is_main:
-        return
+
+
+def _write_result(args: argparse.Namespace, processes: int, wall: float, result: Any, rss: list[float]) -> None:
+    """The run's figures (``result``: its TrainResult; ``rss``: every process's peak) into ``args.result``."""
     seconds = [h["seconds"] for h in result.history]
-    out = {"processes": ctx.world, "threads": args.threads, "fit_wall_s": wall,
+    out = {"processes": processes, "threads": args.threads, "seed": args.seed, "fit_wall_s": wall,
            "sec_per_epoch": statistics.median(seconds[1:] or seconds),
            "curve": [[h["epoch"], h["valid"]["recall@20"]] for h in result.history if "valid" in h],
            "peak_rss_mb": max(rss), "peak_rss_mb_all_processes": sum(rss), "recall@20": result.test["recall@20"]}
     Path(args.result).write_text(json.dumps(out))
 
 
-def _launch(args: argparse.Namespace, processes: int, result: Path) -> dict:
+def _launch(args: argparse.Namespace, processes: int, threads: int, result: Path, seed: int) -> dict:
     """Run the child in ``processes`` processes (torchrun when more than one); its result and wall time."""
-    threads = max(1, args.cores // processes)
     script = [str(Path(__file__).resolve()), "--child", "--result", str(result), "--data", str(args.data),
-              "--epochs", str(args.epochs), "--eval-every", str(args.eval_every), "--seed", str(args.seed),
+              "--epochs", str(args.epochs), "--eval-every", str(args.eval_every), "--seed", str(seed),
               "--threads", str(threads)]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     cmd = (launcher if processes > 1 else [sys.executable]) + script
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, cwd=ROOT)
+    result.unlink(missing_ok=True)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT)
+    if proc.returncode and not result.is_file():
+        raise SystemExit(f"the {processes}-process run failed (exit {proc.returncode})")
+    if proc.returncode:
+        log.warning("the %d-process run exited with %d after writing its result", processes, proc.returncode)
     out = json.loads(result.read_text())
     out["process_wall_s"] = time.perf_counter() - t0
     return out
@@ -79,7 +91,7 @@ def _launch(args: argparse.Namespace, processes: int, result: Path) -> dict:
 
 def _records(runs: list[dict], args: argparse.Namespace) -> list[dict]:
     return [{"kind": "training", "dataset": "ml100k", "mode": "paper-exact", "threads": r["threads"],
-             "processes": r["processes"], "seed": args.seed, "sec_per_epoch": round(r["sec_per_epoch"], 3),
+             "processes": r["processes"], "seed": r["seed"], "sec_per_epoch": round(r["sec_per_epoch"], 3),
              "peak_rss_mb": round(r["peak_rss_mb"]), "peak_rss_mb_all_processes": round(r["peak_rss_mb_all_processes"]),
              "recall@20": r["recall@20"], "curve": r["curve"], "epochs": args.epochs, "eval_every": args.eval_every,
              "fit_wall_s": round(r["fit_wall_s"], 1), "benchmark": "benchmarks/train_distributed.py"} for r in runs]
@@ -109,6 +121,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--processes", type=int, default=2, help="processes of the data-parallel run")
     parser.add_argument("--cores", type=int, default=2, help="torch threads in all, shared by the processes")
+    parser.add_argument("--baseline-threads", type=int, help="threads of the 1-process run (default --cores)")
+    parser.add_argument("--seed-spread", type=int, help="also train 1 process with this seed (the yardstick)")
     parser.add_argument("--no-record", action="store_true", help="do not merge into results/scale.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -119,14 +133,23 @@ def main() -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = ROOT / "benchmarks" / "results"
-    one = _launch(args, 1, work / ".train_distributed_1.json")
-    many = _launch(args, args.processes, work / f".train_distributed_{args.processes}.json")
+    single = args.baseline_threads or args.cores
+    one = _launch(args, 1, single, work / ".train_distributed_1.json", args.seed)
+    many = _launch(args, args.processes, max(1, args.cores // args.processes),
+                   work / f".train_distributed_{args.processes}.json", args.seed)
+    runs = [one, many]
+    log.info("%s", report(one, many))
+    if args.seed_spread is not None:
+        other = _launch(args, 1, single, work / ".train_distributed_seed.json", args.seed_spread)
+        spread = max(abs(a[1] - b[1]) for a, b in zip(one["curve"], other["curve"]))
+        log.info("yardstick: 1 process, seed %d against seed %d: max abs difference %.4f; curve %s",
+                 args.seed, args.seed_spread, spread, [round(v, 4) for _, v in other["curve"]])
+        runs.append(other)
     for tmp in work.glob(".train_distributed_*.json"):
         tmp.unlink()
-    log.info("%s", report(one, many))
     if not args.no_record:
-        merge_records(_records([one, many], args))
-        log.info("merged 2 records into %s", work / "scale.json")
+        merge_records(_records(runs, args))
+        log.info("merged %d records into %s", len(runs), work / "scale.json")
 
 
 if __name__ == "__main__":

@@ -98,9 +98,13 @@ def init(device: str | torch.device = "auto") -> Context:
     return Context(rank=rank, world=world, local_rank=local_rank, device=where)
 
 
-def shutdown() -> None:
-    """Leave the process group, if this process joined one."""
+def shutdown(*, together: bool = True) -> None:
+    """Leave the process group, if this process joined one. ``together`` (the normal end of a run): after a
+    barrier, so that no rank tears its connections down while another is still leaving; False after an
+    error, when the other ranks may be waiting in another collective."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

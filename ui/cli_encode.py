@@ -34,8 +34,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
             log.info("encoded %d items with %s on %d process(es); newly encoded %s; skipped %d bad row(s); cache %s",
                      catalog.n_items, EncoderSpec.of(encoder).describe(), ctx.world,
                      ", ".join(f"{n} {m}s" for m, n in encoded.n_encoded.items()), len(problems), args.cache)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(together=False)
+        raise
+    distributed.shutdown()
     return 0
 
 

@@ -184,12 +184,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         dataset = load_data(args)
-        if not ctx.is_main:
+        if ctx.is_main:
+            _train_and_publish(ctx, args, dataset, config)
+        else:
             _train_along(ctx, args, dataset, config)
-            return 0
-        return _train_and_publish(ctx, args, dataset, config)
-    finally:
-        distributed.shutdown()
+    except BaseException:
+        distributed.shutdown(together=False)
+        raise
+    distributed.shutdown()
+    return 0
 
 
 def _train_along(ctx: distributed.Context, args: argparse.Namespace, dataset: Dataset, config: DGMRecConfig) -> None:
@@ -202,7 +205,7 @@ def _train_along(ctx: distributed.Context, args: argparse.Namespace, dataset: Da
 
 
 def _train_and_publish(ctx: distributed.Context, args: argparse.Namespace, dataset: Dataset,
-                       config: DGMRecConfig) -> int:
+                       config: DGMRecConfig) -> None:
     from dgmrec_core import distributed
     from dgmrec_core.trainer import fit
 
@@ -226,7 +229,6 @@ def _train_and_publish(ctx: distributed.Context, args: argparse.Namespace, datas
         shutil.rmtree(checkpoint.parent, ignore_errors=True)
     print(json.dumps({"best_epoch": result.best_epoch, "test": result.test}, indent=2))
     print(f"saved {out / 'model.pt'}, {out / 'metrics.json'}, {out / 'history.json'}")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
