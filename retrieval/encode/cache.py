@@ -7,9 +7,10 @@ different encoder fingerprint discards the cache. The manifest is removed before
 replaced and written last, so an interrupted write leaves no manifest (and a full re-encode) rather
 than arrays that disagree with it.
 
-Launched by torchrun (``dgmrec encode``), every process hashes and encodes its shard of the catalog's
-new contents, the shards are gathered, and rank 0 alone writes the merged cache (same layout, same
-atomic order); every rank returns the whole features.
+Launched by torchrun (``dgmrec encode``), every process hashes its shard of the items and encodes its
+shard of the contents rank 0 finds new, the shards are gathered, and rank 0 alone writes the merged
+cache (same layout, same atomic order). Every rank returns the whole features where it sees the same
+cache folder as rank 0 (one machine, or a shared file system); rank 0's are whole in any case.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path, atomic_write_text
-from dgmrec_core.distributed import Context, barrier, gather_objects
+from dgmrec_core.distributed import Context, barrier, broadcast_object, gather_objects
 from retrieval.catalog import Catalog
 from retrieval.encode.clip import Encoder
 from retrieval.modalities import MODALITIES
@@ -126,6 +127,7 @@ def encode_catalog(catalog: Catalog, encoder: Encoder, cache_dir: str | Path, *,
                 array[row] = cached[key]
             else:
                 todo.setdefault(key, []).append(row)
+        todo = broadcast_object(ctx, todo)  # rank 0's cache decides what is encoded: the shards agree
         if todo:
             firsts = [rows[0] for rows in todo.values()]
             fresh = _encode_shared(ctx, modality, encoder, catalog, firsts)
