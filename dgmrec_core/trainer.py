@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import warnings
@@ -26,6 +27,7 @@ log = logging.getLogger("dgmrec.train")
 
 KS = (10, 20, 50)
 SELECT = "recall@20"
+REPLICATE_ENV = "DGMREC_DP_REPLICATE"  # =1: every rank trains on the whole batch (a check; _Run._batches)
 MIN_VALID_SHARE = 0.5  # below this share of training users with a validation item, no early stopping
 
 
@@ -235,18 +237,21 @@ class _Run:
 
         Every rank draws the whole batch (order and negatives, so the random streams stay equal) and
         trains on its share of the rows; a share's loss is weighted by its size, so that the averaged
-        gradient is the whole batch's for losses that are means over rows."""
+        gradient is the whole batch's for losses that are means over rows. With ``DGMREC_DP_REPLICATE=1``
+        every rank trains on the whole batch instead: N times the work, and the run of one process bit for
+        bit (a check of the data-parallel machinery; tests/test_distributed.py)."""
         inter, config, ctx = self.dataset.interactions, self.config, self.ctx
         n_batches = max(1, -(-len(inter.train) // config.batch_size))
         order = self.rng.permutation(len(inter.train))
         sums: dict[str, float] = {}
+        replicate = ctx.distributed and os.environ.get(REPLICATE_ENV, "") == "1"
         bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not self.progress)
         for b in bar:
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             users = inter.train[rows, 0]
             neg = self.sampler.sample(users)
-            mine = ctx.shard(len(rows))
-            weight = (mine.stop - mine.start) * ctx.world / len(rows)
+            mine = slice(None) if replicate else ctx.shard(len(rows))
+            weight = 1.0 if replicate else (mine.stop - mine.start) * ctx.world / len(rows)
             batch = (torch.as_tensor(users[mine]), torch.as_tensor(inter.train[rows[mine], 1]),
                      torch.as_tensor(neg[mine]))
             self.opt.zero_grad()
