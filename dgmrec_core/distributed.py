@@ -94,7 +94,8 @@ def init(device: str | torch.device = "auto") -> Context:
     if not dist.is_initialized():
         backend = "nccl" if where.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        log.info("rank %d of %d joined the process group (%s, %s)", rank, world, backend, where)
+        if rank == 0:  # rank 0 alone logs
+            log.info("data-parallel: %d processes (%s; rank 0 on %s)", world, backend, where)
     return Context(rank=rank, world=world, local_rank=local_rank, device=where)
 
 

@@ -171,8 +171,8 @@ class _Run:
         self.state = _Stopping(best_state=model_state(model))
         self.sampler: NegativeSampler | None = None
         self.saved: dict[str, Any] | None = None  # the last checkpoint payload written
-        if ctx.distributed:
-            log.info("rank %d of %d: data-parallel training on %s", ctx.rank, ctx.world, ctx.device)
+        if ctx.distributed and ctx.is_main:
+            log.info("training data-parallel: each batch of %d split over %d processes", config.batch_size, ctx.world)
 
     def resume(self) -> None:
         """Continue from the checkpoint (every rank reads the same file)."""
