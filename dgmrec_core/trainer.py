@@ -18,7 +18,7 @@ from .data import Dataset, Interactions
 from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
-from .model import DGMRec
+from .lightgcn import LightGCN, build_model
 
 KS = (10, 20, 50)
 SELECT = "recall@20"
@@ -59,7 +59,7 @@ class NegativeSampler:
 class TrainResult:
     """The trained (best-validation) model, per-epoch history and final metrics."""
 
-    model: DGMRec
+    model: LightGCN
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
     valid: dict[str, float] = field(default_factory=dict)
@@ -74,7 +74,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(model: DGMRec, dataset: Dataset, split: str, *, new_items_only: bool = False) -> dict[str, float]:
+def evaluate(model: LightGCN, dataset: Dataset, split: str, *, new_items_only: bool = False) -> dict[str, float]:
     """Full-ranking Recall/NDCG/Hit@10/20/50 on ``split`` ('valid' or 'test'), training items excluded."""
     model.eval()
     users, items = model.final_embeddings()
@@ -136,11 +136,12 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
                       SparseValidationWarning, stacklevel=2)
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
-    model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
-                   [m.name for m in dataset.modalities])
+    model = build_model(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
+                        [m.name for m in dataset.modalities])
     model.attach(dataset, knn_fn)
     opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
-    club_opt = torch.optim.Adam(model.club.parameters(), lr=config.club_lr) if model.n_modalities else None
+    estimators = model.estimator_parameters()
+    club_opt = torch.optim.Adam(estimators, lr=config.club_lr) if estimators else None
     fingerprint = dataset_fingerprint(dataset)
     history: list[dict[str, Any]] = []
     best_score, best_epoch, best_state, stale, start = -1.0, -1, model_state(model), 0, 0
@@ -168,12 +169,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         model.train()
-        if model.n_modalities:
-            model.club_step(club_opt, config.club_steps)
-            if config.generation:
-                model.generate_missing()
-                if (epoch + 1) % config.refresh_every == 0:
-                    model.refresh_graphs(knn_fn)
+        model.begin_epoch(club_opt, epoch, knn_fn)
         order = rng.permutation(len(inter.train))
         sums: dict[str, float] = {}
         bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}", leave=False, disable=not progress)
@@ -189,8 +185,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
-        if model.n_modalities:
-            model.update_calibration()  # so a saved state generates as its weights say
+        model.end_epoch()
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                                   "loss": {k: v / n_batches for k, v in sums.items()}}
         validate = (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs
@@ -219,8 +214,8 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
             break
 
     restore_state(model, best_state)
+    model.finish_training(config.seed)  # DGMRec: the generation refit (scores unchanged)
     if model.n_modalities and config.generation and config.gen_refit_steps:
-        model.refit_generation(config.gen_refit_steps, seed=config.seed)  # generation only: scores unchanged
         if checkpoint is not None and saved is not None:
             save_checkpoint(checkpoint, {**saved, "best": model_state(model)})
     valid = evaluate(model, dataset, "valid") if len(inter.valid) else {}
