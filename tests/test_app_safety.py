@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from app_server import GRADIO_PANDAS_WARNINGS, _free_port, shared_server
+from dgmrec_core.atomic import sha256_file
 from ui.app import ImageGuard, _placeholder, _tile
 from ui.cli import main
 
@@ -79,8 +80,11 @@ def test_an_index_pointing_images_at_system_files_serves_none_of_them(tmp_path: 
     folder = tmp_path / "index"
     shutil.copytree(server.index_dir.resolve(), folder)
     meta = json.loads((folder / "meta.json").read_text())
-    images = meta["extra"]["items"]["image"]
-    meta["extra"]["items"]["image"] = [os.path.relpath("/etc/passwd", folder)] * len(images)
+    for name in meta["item_files"]:  # the item store's image column, with the sizes recorded to match
+        segment = json.loads((folder / name).read_text())
+        segment["columns"]["image"] = [os.path.relpath("/etc/passwd", folder)] * segment["rows"]
+        (folder / name).write_text(json.dumps(segment))
+        meta["checksums"][name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
     (folder / "meta.json").write_text(json.dumps(meta))
     engine = SearchEngine.load(folder)
     caplog.set_level(logging.WARNING, logger="dgmrec.app")
