@@ -17,7 +17,7 @@ from PIL import Image
 
 from app_server import GRADIO_PANDAS_WARNINGS, _free_port, shared_server
 from dgmrec_core.atomic import sha256_file
-from ui.app import ImageGuard, _placeholder, _tile
+from ui.tiles import ImageGuard, item_tile, placeholder_tile
 from ui.cli import main
 
 pytestmark = pytest.mark.filterwarnings(GRADIO_PANDAS_WARNINGS)
@@ -59,8 +59,8 @@ def test_guard_admits_only_images_inside_the_bundle_or_catalog_folder(tmp_path: 
     assert guard.photo(str(shop / "images" / "notes.txt")) is None  # inside, but not an image
     assert "not serving item image /etc/passwd" in caplog.text and "not a decodable image" in caplog.text
     item = SimpleNamespace(image="/etc/passwd", title="Hat", text=None, item_id="p1")
-    tile, caption = _tile(item, "Hat", guard=guard)
-    assert tile is _placeholder("Hat") and caption == "Hat"
+    tile, caption = item_tile(item, "Hat", guard=guard)
+    assert tile is placeholder_tile("Hat") and caption == "Hat"
 
 
 def test_server_hands_out_no_file_by_path() -> None:
