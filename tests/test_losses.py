@@ -52,3 +52,21 @@ def test_csr_product_gradient_matches_the_dense_product() -> None:
     (grad,) = torch.autograd.grad((out * weights).sum(), h)
     torch.testing.assert_close(out, dense @ h)
     torch.testing.assert_close(grad, dense.T @ weights)
+
+
+def test_decoded_info_nce_equals_info_nce_of_the_decoded_rows() -> None:
+    from torch import nn
+
+    from dgmrec_core.losses import decoded_info_nce
+
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 300)
+    z = torch.randn(20, 8, requires_grad=True)
+    x = torch.randn(20, 300)
+    fast = decoded_info_nce(layer, z, x, 0.1)
+    slow = info_nce(layer(z), x, 0.1)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    grad_fast = torch.autograd.grad(fast, [z, layer.weight])
+    grad_slow = torch.autograd.grad(slow, [z, layer.weight])
+    for a, b in zip(grad_fast, grad_slow):
+        assert torch.allclose(a, b, atol=1e-5)
