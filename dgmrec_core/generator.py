@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .losses import decoded_info_nce
+from .losses import decoded_match
 
 
 def catalog_mean(f: torch.Tensor) -> torch.Tensor:
@@ -32,9 +32,8 @@ class GenerationMixin:
 
     def _decoded_match(self, b: int, z: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
         """InfoNCE + MSE of decoder_b(z) against the real features ``x_b`` of the same items (the InfoNCE on
-        the decoder's small inputs, ``decoded_info_nce``: no n x n product of wide features)."""
-        x_hat = self.decoder[b](z)
-        return decoded_info_nce(self.decoder[b], z, x_b, self.config.gen_temp) + F.mse_loss(x_hat, x_b)
+        decoder's small inputs, ``decoded_match``: no decoded row, no n x n product of wide features)."""
+        return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp)
 
     def _content_free_general(self, b: int, source_means: list[torch.Tensor | None]) -> torch.Tensor | None:
         """The general part of modality b translated from the other modalities' mean observed features: what

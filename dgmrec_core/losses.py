@@ -92,21 +92,25 @@ class CLUB(nn.Module):
         return (positive - negative).mean() / 2
 
 
-def decoded_info_nce(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``info_nce(layer(z), x, temperature)`` without the (n x n x d_out) product of the decoded rows.
+def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``info_nce(layer(z), x, temperature) + mse_loss(layer(z), x)`` without decoding a single row.
 
     ``layer`` maps small codes ``z`` (n, d_in) to wide features (n, d_out), e.g. 128 -> 4,096. Being linear,
     layer(z_i) . x_j = z_i . (W^T x_j) + b . x_j and |layer(z_i)|^2 = z_i^T W^T W z_i + 2 b^T W z_i + |b|^2,
-    so the cosine logits cost O(n d_out d_in + n^2 d_in) instead of O(n^2 d_out): the same loss and gradient
-    (up to rounding), several times faster when d_out is much larger than d_in.
+    so both terms follow from ``x @ W`` and ``W^T W``: O(n d_out d_in + n^2 d_in) instead of the
+    O(n^2 d_out) of the cosine logits plus the O(n d_out d_in) decoding, forward and backward. The same
+    loss and gradient up to rounding (tests/test_losses.py).
     """
     if z.shape[0] == 0 or x.shape[0] == 0:
         return z.new_zeros(())
+    if z.shape[0] != x.shape[0]:
+        raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {x.shape[0]}")
     weight, bias = layer.weight, layer.bias
-    x_unit = F.normalize(x, dim=1)
-    dots = z @ (x_unit @ weight).T + (x_unit @ bias)[None, :]
+    x_norm = x.norm(dim=1)
+    dots = z @ (x @ weight).T + (x @ bias)[None, :]  # (i, j): layer(z_i) . x_j
     sq_norm = ((z @ (weight.T @ weight)) * z).sum(1) + 2 * (z @ (weight.T @ bias)) + bias @ bias
-    logits = dots / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12)[:, None] * temperature)
-    if logits.shape[0] != logits.shape[1]:
-        raise ValueError(f"decoded_info_nce needs as many positives as anchors, got {z.shape[0]} and {x.shape[0]}")
-    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    logits = dots / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12)[:, None] * x_norm.clamp_min(1e-12)[None, :]
+                     * temperature)
+    nce = (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    squared_error = sq_norm - 2 * dots.diagonal() + x_norm ** 2
+    return nce + squared_error.clamp_min(0).sum() / x.numel()

@@ -54,17 +54,17 @@ def test_csr_product_gradient_matches_the_dense_product() -> None:
     torch.testing.assert_close(grad, dense.T @ weights)
 
 
-def test_decoded_info_nce_equals_info_nce_of_the_decoded_rows() -> None:
+def test_decoded_match_equals_info_nce_plus_mse_of_the_decoded_rows() -> None:
     from torch import nn
 
-    from dgmrec_core.losses import decoded_info_nce
+    from dgmrec_core.losses import decoded_match
 
     torch.manual_seed(0)
     layer = nn.Linear(8, 300)
     z = torch.randn(20, 8, requires_grad=True)
     x = torch.randn(20, 300)
-    fast = decoded_info_nce(layer, z, x, 0.1)
-    slow = info_nce(layer(z), x, 0.1)
+    fast = decoded_match(layer, z, x, 0.1)
+    slow = info_nce(layer(z), x, 0.1) + F.mse_loss(layer(z), x)
     assert torch.allclose(fast, slow, atol=1e-5)
     grad_fast = torch.autograd.grad(fast, [z, layer.weight])
     grad_slow = torch.autograd.grad(slow, [z, layer.weight])
