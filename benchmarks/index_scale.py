@@ -28,8 +28,8 @@ import numpy as np
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.scale_records import merge_records  # noqa: E402
-from retrieval.index.compressed import sidecar  # noqa: E402
+from benchmarks.scale_records import merge_records
+from retrieval.index.compressed import sidecar
 
 log = logging.getLogger("index_scale")
 K = 10
@@ -64,8 +64,7 @@ def write_npy(path: Path, shape: tuple[int, int], blocks) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f2", "fortran_order": False, "shape": shape})
-        for block in blocks:
-            f.write(np.ascontiguousarray(block, dtype=np.float16).tobytes())
+        f.writelines(np.ascontiguousarray(block, dtype=np.float16).tobytes() for block in blocks)
     os.replace(tmp, path)
 
 
@@ -263,7 +262,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse(argv)
-    if hasattr(os, "sched_setaffinity"):
+    if args.phase == "build" and hasattr(os, "sched_setaffinity"):  # searches use one FAISS thread anyway
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:max(1, args.threads)])
     if args.phase:
         result = (phase_build if args.phase == "build" else phase_search)(args)

@@ -14,7 +14,9 @@ read back with ``np.load(..., mmap_mode="r", allow_pickle=False)``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faiss
@@ -27,6 +29,8 @@ DIMS_PER_CODE = 8  # PQ: one byte of code per 8 dimensions (64 bytes at d = 512)
 PQ_TRAIN_POINTS = 65_536  # at least this many training points (PQ wants >= 39 per code value)
 STORE_DTYPE = np.float16  # full vectors on disk: half the bytes of float32, cosine error < 1e-3
 CHUNK = 100_000  # rows per step when the store is written
+READ_THREADS = 16  # parallel row reads: a cold random read costs 0.12 ms alone, 0.018 ms amortised over 16
+_READERS: list[ThreadPoolExecutor] = []  # created on first use, shared by every store
 
 
 def sidecar(path: str | Path) -> Path:
@@ -63,6 +67,59 @@ def _unit(x: np.ndarray) -> np.ndarray:
     out = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file read on demand with ``os.pread``; the header is parsed by numpy's
+    format reader (a literal, never unpickled). Indexing takes a slice or a 1-D int array of rows."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, fortran, self.dtype = read(f)
+            self._offset = f.tell()
+        if fortran or len(self.shape) != 2 or self.dtype.hasobject:
+            raise ValueError(f"expected a C-ordered 2-D numeric array, got {self.dtype} {self.shape}")
+        self._row = self.shape[1] * self.dtype.itemsize
+        if os.path.getsize(path) < self._offset + self.shape[0] * self._row:
+            raise ValueError("the file is shorter than its header says")
+        self._fd = os.open(path, os.O_RDONLY)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def _read(self, start: int, count: int) -> np.ndarray:
+        raw = os.pread(self._fd, count * self._row, self._offset + start * self._row)
+        return np.frombuffer(raw, self.dtype).reshape(count, self.shape[1])
+
+    def __getitem__(self, key: slice | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(len(self))
+            return self._read(start, max(0, stop - start))
+        rows = np.asarray(key, dtype=np.int64)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError("row out of range")
+        out = np.empty((len(rows), self.shape[1]), self.dtype)
+        parts = np.array_split(np.arange(len(rows)), min(READ_THREADS, max(1, len(rows) // 8)))
+
+        def fill(part: np.ndarray) -> None:
+            for i in part:
+                out[i] = self._read(int(rows[i]), 1)[0]
+
+        if len(parts) == 1:
+            fill(parts[0])
+        else:
+            if not _READERS:
+                _READERS.append(ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ivfpq-read"))
+            list(_READERS[0].map(fill, parts))
+        return out
 
 
 class RowStore:
@@ -104,28 +161,27 @@ class RowStore:
     def write(self, path: Path) -> None:
         """Write every row to the ``.npy`` file ``path`` atomically (plain writes, no memory map, so a
         build's resident memory does not grow by the file), then read from that file."""
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(STORE_DTYPE)),
-                          "fortran_order": False, "shape": (len(self), self.dim)}
-                np.lib.format.write_array_header_1_0(f, header)
-                for block in self.chunks():
-                    f.write(np.ascontiguousarray(block).tobytes())
-        self._set([np.load(path, mmap_mode="r", allow_pickle=False)])
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(STORE_DTYPE)),
+                  "fortran_order": False, "shape": (len(self), self.dim)}
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            f.writelines(np.ascontiguousarray(block).tobytes() for block in self.chunks())
+        self._set([NpyRows(path)])
 
     @classmethod
-    def load(cls, path: Path, n: int, dim: int) -> "RowStore":
-        """Memory-map ``path``; its first ``n`` rows belong to the index (a standalone save that stopped
-        between its two files leaves a longer file: appended rows only extend it)."""
+    def load(cls, path: Path, n: int, dim: int) -> RowStore:
+        """Open ``path``; its first ``n`` rows belong to the index (a standalone save that stopped between
+        its two files leaves a longer file: appended rows only extend it)."""
         if not path.is_file():
             raise DataError(path, "the full vectors of this IVF-PQ index are missing")
         try:
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            rows = NpyRows(path)
         except (OSError, ValueError, EOFError) as exc:
             raise DataError(path, f"not a readable .npy file ({exc})") from exc
-        if arr.dtype != STORE_DTYPE or arr.ndim != 2 or arr.shape[1] != dim or arr.shape[0] < n:
-            raise DataError(path, f"holds {arr.dtype} {arr.shape}, expected {np.dtype(STORE_DTYPE)} ({n}, {dim})")
-        return cls([arr[:n]], dim)
+        if rows.dtype != STORE_DTYPE or rows.shape[1] != dim or rows.shape[0] < n:
+            raise DataError(path, f"holds {rows.dtype} {rows.shape}, expected {np.dtype(STORE_DTYPE)} ({n}, {dim})")
+        rows.shape = (n, dim)  # rows past n (see above) are never read
+        return cls([rows], dim)
 
 
 def rerank(index: faiss.IndexIVFPQ, store: RowStore, q: np.ndarray, k: int,

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from dgmrec_core.atomic import atomic_path
 from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
-from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX, INDEX_KINDS as KINDS
+from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX
+from retrieval.defaults import INDEX_KINDS as KINDS
 from retrieval.index.compressed import RowStore, new_ivfpq, rerank, sidecar, train_size
 
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
