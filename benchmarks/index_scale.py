@@ -123,6 +123,8 @@ def phase_build(args: argparse.Namespace) -> dict:
     build_s = time.perf_counter() - start
     path = args.work / "index" / "v.faiss"
     path.parent.mkdir(exist_ok=True)
+    for old in (path, sidecar(path)):  # a previous run's files (of another kind) must not be counted
+        old.unlink(missing_ok=True)
     index.save(path)
     save_s = time.perf_counter() - start - build_s
     files = [path, sidecar(path)]

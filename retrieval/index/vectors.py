@@ -1,13 +1,23 @@
 """One FAISS index over L2-normalised vectors searched by inner product (cosine): ``VectorIndex``.
 
 Rows are item positions (int64, 0..n-1 in insertion order); FAISS assigns them itself, so no id map is
-needed. ``kind="auto"`` is exact (``IndexFlatIP``) below ``AUTO_EXACT_MAX`` rows and IVF above.
+needed. ``kind="auto"`` is exact (``IndexFlatIP``) below ``AUTO_EXACT_MAX`` rows, IVF above, and IVF-PQ
+("ivfpq", ``retrieval.index.compressed``) once IVF's float32 vectors (n x d x 4 bytes) would pass
+``AUTO_COMPRESS_BYTES`` (4 GiB: 2,097,152 rows at d = 512).
 
 Why IVF and not HNSW for large catalogs (benchmarks/RESULTS_retrieval_speed.md, 1,000,000 x 512
 clustered vectors, 2 shared cores): IVF with nlist = 4 sqrt(n) = 4000 and nprobe 64 gives recall@10
 0.9994 at 1.5 ms p50 per single query (exact search: 225 ms) and builds in 3-5 minutes; HNSW (M 32,
 efConstruction 40) took 4 minutes to build and reached only recall@10 0.87 at efSearch 256 on the same
 data. IVF also appends rows cheaply (no retraining).
+
+Why IVF-PQ with re-ranking from disk beyond that (benchmarks/RESULTS.md section 9, same generator,
+one build thread): an IVF-flat index holds every vector in memory, 20 GB at 10,000,000 x 512, more than
+this 24 GB machine can spare. "ivfpq" keeps 64-byte PQ codes in memory (nlist ~sqrt(n), nprobe 64) and
+re-scores the best ``DEFAULT_RERANK`` = 100 candidates exactly from a float16 file on disk. At 1M x 512
+it answers in 3.3 ms p50 (full vectors not cached; 2.2 ms cached) with recall@10 0.995 in a process of
+128 MB peak RSS, against IVF's 1.5 ms, 0.9994 and 2.6 GB. Below the threshold IVF stays: faster, more
+exact, and its memory is affordable.
 """
 from __future__ import annotations
 
