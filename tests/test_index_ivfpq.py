@@ -28,7 +28,8 @@ def index(data) -> VectorIndex:
 def test_builds_compressed_and_finds_exact_neighbours(data, index):
     base, queries = data
     assert index.kind == "ivfpq" and index.ntotal == 12_000 and index.dim == 64
-    assert index.params == {"nlist": 110, "nprobe": 64, "m": 8, "nbits": 8, "rerank": vectors.DEFAULT_RERANK}
+    assert index.params == {"nlist": 110, "nprobe": vectors.IVFPQ_NPROBE, "m": 8, "nbits": 8,
+                            "rerank": vectors.DEFAULT_RERANK}
     truth = VectorIndex.build(base, kind="flat").search(queries, 10)[1]
     index.set_search_params(rerank=1000)
     scores, rows = index.search(queries, 10)
