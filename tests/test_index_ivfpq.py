@@ -131,3 +131,23 @@ def test_longer_full_vector_file_reads_only_the_index_rows(tmp_path, data):
     loaded.add(data[0][3000:3010])
     loaded.save(tmp_path / "w.faiss")
     assert np.load(sidecar(tmp_path / "w.faiss")).shape == (3010, 64)
+
+
+def test_search_in_a_forked_child(tmp_path, data, index):
+    """The row-reading threads belong to one process: a child forked after searching makes its own."""
+    import multiprocessing
+
+    index.save(tmp_path / "v.faiss")
+    loaded = VectorIndex.load(tmp_path / "v.faiss")
+    expected = loaded.search(data[1][:3], 5)[1]  # starts the parent's reading threads
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=lambda: send.send(loaded.search(data[1][:3], 5)[1]))
+    child.start()
+    try:
+        assert receive.poll(60), "the forked child's search hung"
+        np.testing.assert_array_equal(receive.recv(), expected)
+    finally:
+        child.join(5)
+        if child.is_alive():
+            child.kill()

@@ -30,7 +30,7 @@ PQ_TRAIN_POINTS = 65_536  # at least this many training points (PQ wants >= 39 p
 STORE_DTYPE = np.float16  # full vectors on disk: half the bytes of float32, cosine error < 1e-3
 CHUNK = 100_000  # rows per step when the store is written
 READ_THREADS = 16  # parallel row reads: a cold random read costs 0.12 ms alone, 0.018 ms amortised over 16
-_READERS: list[ThreadPoolExecutor] = []  # created on first use, shared by every store
+_READERS: dict[int, ThreadPoolExecutor] = {}  # per process id (a forked child gets its own), made on first use
 
 
 def sidecar(path: str | Path) -> Path:
@@ -116,9 +116,9 @@ class NpyRows:
         if len(parts) == 1:
             fill(parts[0])
         else:
-            if not _READERS:
-                _READERS.append(ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ivfpq-read"))
-            list(_READERS[0].map(fill, parts))
+            pool = _READERS.get(os.getpid()) or _READERS.setdefault(
+                os.getpid(), ThreadPoolExecutor(READ_THREADS, thread_name_prefix="ivfpq-read"))
+            list(pool.map(fill, parts))
         return out
 
 
