@@ -125,9 +125,10 @@ class VectorIndex:
 
         "auto": see ``auto_kind``. IVF uses ``nlist`` lists (default ~4 sqrt(n), at most n/39; "ivfpq"
         ~sqrt(n)), trained by seeded spherical k-means on a seeded sample of 40 points per list, and
-        probes ``nprobe`` lists per query (default ``DEFAULT_NPROBE``). "ivfpq" re-ranks ``rerank``
-        candidates per query with the full vectors; until ``save`` it reads them from ``vectors``
-        itself (kept by reference, not copied: a memory map stays on disk).
+        probes ``nprobe`` lists per query (default ``DEFAULT_NPROBE``, "ivfpq" ``IVFPQ_NPROBE``). "ivfpq"
+        re-ranks ``rerank`` candidates per query with the full vectors (not saved: a loaded index has
+        ``DEFAULT_RERANK``); until ``save`` it reads them from ``vectors`` itself (kept by reference,
+        not copied: a memory map stays on disk).
         """
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
