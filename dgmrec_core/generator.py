@@ -6,7 +6,6 @@ on a query's features. A mixin of ``DGMRec``: it reads the model's encoders, fil
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .losses import decoded_match
 

@@ -21,7 +21,7 @@ from .features import impute
 from .generator import GenerationMixin, catalog_mean
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
 from .lightgcn import LightGCN, Parts
-from .losses import CLUB, RowGroups, bpr_loss, info_nce, l2_norms, perturb
+from .losses import CLUB, RowGroups, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -305,12 +305,12 @@ class DGMRec(GenerationMixin, LightGCN):
 
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, item, observed_only: bool) -> torch.Tensor:
         """MSE of decoder_m(perturbed, detached [g, s]) against the features of the rows' items (``item`` maps
-        a row to its item): every row (the paper's code) or only rows that observe m (so the decoder never
+        a row to its item; ``decoded_mse``: no decoded row): every row (the paper's code) or only rows that observe m (so the decoder never
         learns from its own generated rows)."""
         all_rows = torch.arange(g.shape[0])
         rows = all_rows[self.observed[item(all_rows), m]] if observed_only else all_rows
-        x_hat = self.decode(m, g[rows].detach(), s[rows].detach(), noise=True)
-        return F.mse_loss(x_hat, self.features(m)[item(rows)])
+        z = perturb(torch.cat([g[rows].detach(), s[rows].detach()], dim=1))
+        return decoded_mse(self.decoder[m], z, self.features(m)[item(rows)])
 
     # --------------------------------------------------- per-epoch procedures
     def begin_epoch(self, estimator_optimizer: torch.optim.Optimizer | None, epoch: int,

@@ -70,3 +70,17 @@ def test_decoded_match_equals_info_nce_plus_mse_of_the_decoded_rows() -> None:
     grad_slow = torch.autograd.grad(slow, [z, layer.weight])
     for a, b in zip(grad_fast, grad_slow):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_decoded_mse_equals_mse_of_the_decoded_rows() -> None:
+    from torch import nn
+
+    from dgmrec_core.losses import decoded_mse
+
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 200)
+    z, x = torch.randn(15, 6), torch.randn(15, 200)
+    fast, slow = decoded_mse(layer, z, x), F.mse_loss(layer(z), x)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(fast, list(layer.parameters())), torch.autograd.grad(slow, list(layer.parameters()))):
+        assert torch.allclose(a, b, atol=1e-5)
