@@ -19,6 +19,7 @@ from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute
 from .generator import GenerationMixin, catalog_mean
+from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
 from .lightgcn import LightGCN, Parts
 from .losses import CLUB, RowGroups, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
@@ -34,7 +35,7 @@ def _xavier(module: nn.Module) -> None:
             nn.init.xavier_uniform_(layer.weight)
 
 
-class DGMRec(GenerationMixin, LightGCN):
+class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     """DGMRec over ``len(names)`` modalities with feature dims ``dims``."""
 
     def __init__(self, config: DGMRecConfig, n_users: int, n_items: int, dims: list[int], names: list[str]) -> None:
@@ -90,8 +91,11 @@ class DGMRec(GenerationMixin, LightGCN):
 
     @property
     def batch_local(self) -> bool:
-        """Training batches compute only their own rows (docs/DESIGN.md, "Batch-local training")."""
-        return self.config.training_mode == "batch-local"
+        """Training batches compute only their own rows (docs/DESIGN.md, "Batch-local training"): with
+        ``training_mode`` 'batch-local', or 'auto' when a batch (at most 2 x batch_size distinct items) cannot
+        touch the whole catalog."""
+        mode = self.config.training_mode
+        return mode == "batch-local" or (mode == "auto" and self.n_items > 2 * self.config.batch_size)
 
     def main_parameters(self) -> list[nn.Parameter]:
         """Parameters of the main optimiser: everything but the CLUB estimators."""
@@ -175,21 +179,6 @@ class DGMRec(GenerationMixin, LightGCN):
         """Decoder_m([g, s]) -> raw feature of modality m; ``noise`` perturbs [g, s] first (training)."""
         gs = torch.cat([g, s], dim=1)
         return self.decoder[m](perturb(gs) if noise else gs)
-
-    def content_neighbour_ids(self, e_i: torch.Tensor) -> torch.Tensor:
-        """``e_i`` with the rows of untrained items replaced by the weighted mean of their trained neighbours'
-        rows over every modality's kNN graph (docs/DESIGN.md, "Untrained items"): an item nobody has
-        interacted with gets the collaborative embedding of the items its image and text resemble, in
-        place of an ID embedding left at its random initialisation. Rows with no trained neighbour stay."""
-        cold = self.untrained_items()
-        if not bool(cold.any()):
-            return e_i
-        trained = (~cold).to(e_i.dtype)[:, None]
-        keys = [f"mm_{m}" for m in range(self.n_modalities)]
-        total = sum(self.product(k, e_i * trained) for k in keys)
-        weight = sum(self.product(k, trained) for k in keys)
-        fill = cold & (weight[:, 0] > 0)
-        return torch.where(fill[:, None], total / weight.clamp(min=1e-12), e_i)
 
     def forward_parts(self) -> Parts:
         """Everything the loss and the scores need, for all users and items."""
@@ -305,8 +294,8 @@ class DGMRec(GenerationMixin, LightGCN):
 
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, item, observed_only: bool) -> torch.Tensor:
         """MSE of decoder_m(perturbed, detached [g, s]) against the features of the rows' items (``item`` maps
-        a row to its item; ``decoded_mse``: no decoded row): every row (the paper's code) or only rows that observe m (so the decoder never
-        learns from its own generated rows)."""
+        a row to its item; ``decoded_mse``: no decoded row): every row (the paper's code) or only rows that
+        observe m (so the decoder never learns from its own generated rows)."""
         all_rows = torch.arange(g.shape[0])
         rows = all_rows[self.observed[item(all_rows), m]] if observed_only else all_rows
         z = perturb(torch.cat([g[rows].detach(), s[rows].detach()], dim=1))
@@ -358,40 +347,3 @@ class DGMRec(GenerationMixin, LightGCN):
             rows = torch.nonzero(~self.observed[:, m]).squeeze(1)
             old = self.graphs[f"mm_{m}"].to_sparse_coo().coalesce()
             self.graphs[f"mm_{m}"] = refresh_rows(old, rebuilt, rows, self.config.avg_lambda).to_sparse_csr()
-
-    # ------------------------------------------------------- items added later
-    @torch.no_grad()
-    def cold_item_embeddings(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """Fused embeddings of items outside the training graph, from (completed) raw features alone.
-
-        They have no interactions, so the catalog's mean preference stands in for f. Their collaborative
-        part is, as for untrained items inside the graph (``untrained_items``), the weighted mean of their
-        ``knn_k`` most similar trained items' per modality; none with ``untrained_items='paper'``.
-        """
-        M = self.n_modalities
-        g = [self.mean_filter(m) * self.general(m, feats[m]) for m in range(M)]
-        s = [self.mean_filter(m) * self.specific(m, feats[m]) for m in range(M)]
-        content = (torch.stack(g).mean(0) + torch.stack(s).sum(0)) / (M + 1)
-        if self.config.untrained_items == "paper":
-            return content
-        return content + self._neighbour_ids_of(feats)
-
-    def _neighbour_ids_of(self, feats: list[torch.Tensor], chunk: int = 1024) -> torch.Tensor:
-        """Per new row: the weighted mean (cosine weights, clamped at 0) of the collaborative embeddings of
-        its ``knn_k`` nearest trained items in each modality; zero where no trained item is similar."""
-        e_i = self.cf_embeddings()[1]
-        trained = ~self.untrained_items()
-        n = feats[0].shape[0]
-        total, weight = e_i.new_zeros(n, e_i.shape[1]), e_i.new_zeros(n, 1)
-        for m in range(self.n_modalities):
-            pool = torch.nonzero(trained & self.observed[:, m]).squeeze(1)
-            if not len(pool):
-                continue
-            ref = F.normalize(self.features(m)[pool], dim=1)
-            for start in range(0, n, chunk):
-                query = F.normalize(feats[m][start:start + chunk].float(), dim=1)
-                sims, idx = (query @ ref.T).topk(min(self.config.knn_k, len(pool)), dim=1)
-                w = sims.clamp(min=0)
-                total[start:start + chunk] += (w[..., None] * e_i[pool[idx]]).sum(1)
-                weight[start:start + chunk] += w.sum(1, keepdim=True)
-        return torch.where(weight > 0, total / weight.clamp(min=1e-12), total)

@@ -111,3 +111,9 @@ def test_batch_local_training_learns() -> None:
     exact = fit(dataset, replace(FAST, epochs=6, eval_every=2), progress=False)
     assert result.best_epoch > 0
     assert result.test["recall@20"] >= 0.8 * exact.test["recall@20"] > 0
+
+
+def test_auto_mode_is_batch_local_only_where_a_batch_cannot_touch_the_catalog() -> None:
+    small, _ = _model(replace(FAST, training_mode="auto", batch_size=4096))
+    large, _ = _model(replace(FAST, training_mode="auto", batch_size=8))
+    assert not small.batch_local and large.batch_local and small.n_items > 16
