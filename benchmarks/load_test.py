@@ -119,38 +119,64 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=300, help="items of the sample shop (default 300)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "load_test.json")
     args = parser.parse_args()
+    answers, wall = serve_and_load(args.items, args.requests, args.timeout)
+    record = summary(answers, wall, requests=args.requests, items=args.items)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
+    errors = record["error_messages"]
+    mix = ", ".join(f"{v['requests']} {k}" for k, v in record["per_kind"].items())
+    print(f"{len(answers)} concurrent requests ({mix}) "
+          f"in {wall:.1f} s: {record['errors']} error(s); p50 {record['p50_ms']:.0f} ms, "
+          f"p99 {record['p99_ms']:.0f} ms, max {record['max_ms']:.0f} ms")
+    for line in errors[:10]:
+        print(f"  error: {line}")
+    print(f"wrote {args.out}")
+    sys.exit(1 if errors else 0)
+
+
+def serve_and_load(items: int, requests: int, timeout: float) -> tuple[list[tuple[str, float, str | None]], float]:
+    """Build a sample-shop index of ``items`` items, serve it and send ``requests`` requests at once: each
+    answer as (kind, seconds, problem or None), and the wall time of them all."""
     from gradio_client import Client
 
     work = Path(tempfile.mkdtemp(prefix="dgmrec-load-"))
     server = None
     try:
         started = time.perf_counter()
-        index, shop, users = build(work, args.items)
-        print(f"index: {index} ({args.items} items) in {time.perf_counter() - started:.0f} s", flush=True)
+        index, shop, users = build(work, items)
+        print(f"index: {index} ({items} items) in {time.perf_counter() - started:.0f} s", flush=True)
         port = _free_port()
         server = start_server(index, port, work / "serve.log")
         client = Client(f"http://127.0.0.1:{port}/", verbose=False, download_files=False)
-        todo = requests_for(args.requests, shop, users)
-
-        def one(request: tuple[str, str, tuple]) -> tuple[str, float, str | None]:
-            kind, api, params = request
-            start = time.perf_counter()
-            try:
-                problem = check(kind, client.submit(*params, api_name=api).result(timeout=args.timeout))
-            except Exception as exc:  # noqa: BLE001 - every failure is an error of the load test
-                problem = f"{type(exc).__name__}: {str(exc)[:200]}"
-            return kind, time.perf_counter() - start, problem
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-            answers = list(pool.map(one, todo))
-        wall = time.perf_counter() - started
+        return send_all(client, requests_for(requests, shop, users), timeout)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
         shutil.rmtree(work, ignore_errors=True)
 
+
+def send_all(client, todo: list[tuple[str, str, tuple]], timeout: float
+             ) -> tuple[list[tuple[str, float, str | None]], float]:
+    """Send every request of ``todo`` at once; (kind, seconds, problem or None) per answer, and the wall time."""
+
+    def one(request: tuple[str, str, tuple]) -> tuple[str, float, str | None]:
+        kind, api, params = request
+        start = time.perf_counter()
+        try:
+            problem = check(kind, client.submit(*params, api_name=api).result(timeout=timeout))
+        except Exception as exc:  # noqa: BLE001 - every failure is an error of the load test
+            problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return kind, time.perf_counter() - start, problem
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+        answers = list(pool.map(one, todo))
+    return answers, time.perf_counter() - started
+
+
+def summary(answers: list[tuple[str, float, str | None]], wall: float, *, requests: int, items: int) -> dict:
+    """The record written to the results file: latencies overall and per kind, errors, the machine."""
     ms = np.array([seconds for _, seconds, _ in answers]) * 1000
     errors = [f"{kind}: {problem}" for kind, _, problem in answers if problem]
     per_kind = {}
@@ -158,22 +184,12 @@ def main() -> None:
         k_ms = np.array([s for k, s, _ in answers if k == kind]) * 1000
         per_kind[kind] = {"requests": int(len(k_ms)), "errors": sum(1 for k, _, p in answers if k == kind and p),
                           "p50_ms": float(np.percentile(k_ms, 50)), "p99_ms": float(np.percentile(k_ms, 99))}
-    record = {"command": f"OMP_NUM_THREADS=1 python benchmarks/load_test.py --requests {args.requests}",
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) shared", "items": args.items,
-              "requests": len(answers), "concurrent": len(answers), "errors": len(errors),
-              "error_messages": errors[:20], "wall_s": wall, "p50_ms": float(np.percentile(ms, 50)),
-              "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "per_kind": per_kind,
-              "server": "dgmrec serve --host 127.0.0.1 (Gradio queue, default_concurrency_limit 2)"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
-    mix = ", ".join(f"{v['requests']} {k}" for k, v in per_kind.items())
-    print(f"{len(answers)} concurrent requests ({mix}) "
-          f"in {wall:.1f} s: {len(errors)} error(s); p50 {record['p50_ms']:.0f} ms, p99 {record['p99_ms']:.0f} ms, "
-          f"max {record['max_ms']:.0f} ms")
-    for line in errors[:10]:
-        print(f"  error: {line}")
-    print(f"wrote {args.out}")
-    sys.exit(1 if errors else 0)
+    return {"command": f"OMP_NUM_THREADS=1 python benchmarks/load_test.py --requests {requests}",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s) shared", "items": items,
+            "requests": len(answers), "concurrent": len(answers), "errors": len(errors),
+            "error_messages": errors[:20], "wall_s": wall, "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max()), "per_kind": per_kind,
+            "server": "dgmrec serve --host 127.0.0.1 (Gradio queue, default_concurrency_limit 2)"}
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ MODELS = {
     "dgmrec-paper": {"generator": "paper", "untrained_items": "paper"},  # the published method, exactly
     "dgmrec-random-untrained": {"untrained_items": "paper"},  # the default but untrained items keep random IDs
     "dgmrec-observed-knn": {"knn_observed_only": True},
+    "dgmrec-batch-local": {"training_mode": "batch-local"},  # the default, batches compute only their rows
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
 }

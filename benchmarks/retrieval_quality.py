@@ -71,9 +71,9 @@ def consistent_generation(model: DGMRec) -> list[torch.Tensor]:
         srcs = [a for a in range(model.n_modalities) if a != m]
         weights = torch.stack([obs[:, a] for a in srcs], 1)
         weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
-        trans = torch.stack([model.translate(a, m, parts["gf"][a]) for a in srcs], 1)
+        trans = torch.stack([model.translate(a, m, parts.gf[a]) for a in srcs], 1)
         g_hat = model.propagate(m, (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
-        f = parts["f"][m]
+        f = parts.f[m]
         s_hat = model.propagate(m, f * model.gen_specific[m](f))
         out.append(model.decode(m, g_hat, s_hat))
     return out
@@ -84,7 +84,7 @@ def diagnostics(model: DGMRec, real: list[np.ndarray], observed: np.ndarray) -> 
     """Per target modality, on items missing only it: how generated features compare with real ones."""
     parts = model.forward_parts()
     generated = model.generated_features(noise=False)
-    f_all = parts["f"]
+    f_all = parts.f
     out = {}
     for m, name in enumerate(model.names):
         a = next(i for i in range(model.n_modalities) if i != m)
@@ -104,7 +104,7 @@ def diagnostics(model: DGMRec, real: list[np.ndarray], observed: np.ndarray) -> 
         mean_pred = ranks_of_real(mu.expand(len(targets), -1), real_t, targets, has)
         # Upper bound: the decoder reconstructing items that observe m from their own (gf, sf).
         known = np.flatnonzero(observed[:, m])
-        recon = model.decode(m, parts["gf"][m], parts["sf"][m])[torch.from_numpy(known)]
+        recon = model.decode(m, parts.gf[m], parts.sf[m])[torch.from_numpy(known)]
         recon_ranks = ranks_of_real(recon, real_t, known, has)
         out[name] = {
             "cos(generated, own real)": _cos(gen, real_t[t]),
@@ -114,9 +114,9 @@ def diagnostics(model: DGMRec, real: list[np.ndarray], observed: np.ndarray) -> 
             "mean pairwise cos, real": float(F.normalize(real_t[t], dim=1).mean(0).square().sum()),
             "per-dim std ratio generated/real": float((gen.std(0) / real_t[t].std(0).clamp(min=1e-8)).median()),
             "|f| mean (filter)": float(f_all[m].abs().mean()),
-            "decoder g input norm: train gf": float(parts["gf"][m][seen].norm(dim=1).mean()),
+            "decoder g input norm: train gf": float(parts.gf[m][seen].norm(dim=1).mean()),
             "decoder g input norm: generation": float(g_gen.norm(dim=1).mean()),
-            "decoder s input norm: train sf": float(parts["sf"][m][seen].norm(dim=1).mean()),
+            "decoder s input norm: train sf": float(parts.sf[m][seen].norm(dim=1).mean()),
             "decoder s input norm: generation": float(s_gen.norm(dim=1).mean()),
             "Hit@10 decoder reconstructing observed items (upper bound)": hit_at_k(recon_ranks, (10,))["hit@10"],
             "Hit@10 predicting the catalog mean": hit_at_k(mean_pred, (10,))["hit@10"],

@@ -1,23 +1,33 @@
-"""Training speed and peak memory: ML-100K, an Amazon-Clothing-scale catalog, and 200,000 items.
+"""Training speed and peak memory of the two training modes (issue 13), one process per measurement.
 
-    python benchmarks/train_speed.py [--scenarios ml100k clothing items200k] [--threads 2]
+    python benchmarks/train_speed.py [--scenarios ml100k baby items200k items1m] [--modes paper-exact batch-local]
+                                     [--threads 2] [--seed 0]
 
-Each scenario runs in its own process so that its peak resident memory (ru_maxrss) is its own.
-- ml100k: the shared MovieLens data, 2/3 missing (shipped mask); seconds per training epoch (median of
-  the epochs after the first), with the reference figure of the paper's official code on this machine.
-- clothing: generated, 40,000 users, 23,000 items, 280,000 interactions, 512-d features, 2/3 missing.
-- items200k: 200,000 items (512-d, 2/3 missing): kNN graphs (FAISS backend) and a few training batches.
+- ml100k: the shared MovieLens data, 2/3 missing (shipped mask): seconds per epoch (median of the epochs
+  after the first; no validation), beside the paper's reference code measured on this machine.
+- baby: generated in the shape of Amazon Baby (19,398 users, 7,050 items, 95,062 training interactions,
+  long-tailed item popularity, 4,096-d image and 384-d text features, 2/3 missing).
+- items200k, items1m: 200,000 / 1,000,000 items (512-d, 2/3 missing, about 5 interactions per item),
+  kNN graphs by FAISS (``benchmarks/knn.py``); one epoch, its length estimated as its whole-catalog work
+  plus all its batches at the median of ``--batches`` timed batches.
+
+Wall and CPU seconds are both recorded: on a shared machine the CPU time of a one-thread run is the
+steadier figure.
+
+Each (scenario, mode) runs in its own process, so peak resident memory (ru_maxrss) is its own. Records go
+to benchmarks/results/scale.json (kind "training") and a table to stdout.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,152 +36,195 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.scale_records import merge_records  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset, Modality  # noqa: E402
+from dgmrec_core.graphs import chunked_cosine_knn  # noqa: E402
 from dgmrec_core.interactions import build_interactions  # noqa: E402
 from dgmrec_core.masking import make_missing_mask  # noqa: E402
 
-# The paper's reference code on the shared MovieLens data (2/3 missing), seconds per epoch by torch thread
-# count: measured quietly on this 2-core machine, back to back with ours, same data and threads
-# (the figures of issue 11): ours then took 2.76 s (2 threads) and 3.97 s (1 thread), a 3.4x lead.
-# An earlier constant of 17 s had been taken on a busy machine and overstated the lead (6x).
-OFFICIAL_S_PER_EPOCH = {2: 9.36, 1: 13.4}
+log = logging.getLogger("train_speed")
+
+# The paper's reference code, seconds per epoch by torch thread count, measured quietly on this 2-core
+# machine back to back with ours, same data and threads (issue 13's table): shared MovieLens and the Baby
+# interactions with stand-in features of the paper's sizes.
+REFERENCE_S_PER_EPOCH = {"ml100k": {2: 9.36, 1: 13.4}, "baby": {2: 42.2, 1: 61.6}}
+MODES = ("paper-exact", "batch-local")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A generated data set: users, items, training interactions and per-modality feature dimensions."""
+
+    n_users: int
+    n_items: int
+    n_inter: int
+    dims: tuple[int, ...]
+
+
+SHAPES = {"baby": Shape(19_398, 7_050, 95_062, (4096, 384)),
+          "items200k": Shape(50_000, 200_000, 1_000_000, (512, 512)),
+          "items1m": Shape(250_000, 1_000_000, 5_000_000, (512, 512))}
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic(n_users: int, n_items: int, n_inter: int, dim: int, seed: int = 0) -> Dataset:
-    """Power-law interactions and clustered features with the paper's 2/3 missing protocol."""
+def synthetic(shape: Shape, seed: int = 0) -> Dataset:
+    """Long-tailed interactions and clustered features with the paper's 2/3 missing protocol."""
     rng = np.random.default_rng(seed)
+    n_users, n_items, n_inter = shape.n_users, shape.n_items, shape.n_inter
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # long tail, as in Amazon categories
     popularity = popularity[rng.permutation(n_items)] / popularity.sum()
     users = np.concatenate([np.arange(n_users), rng.integers(0, n_users, size=2 * n_inter)])
     items = np.concatenate([rng.integers(0, n_items, size=n_users), rng.choice(n_items, size=2 * n_inter, p=popularity)])
     _, first = np.unique(users.astype(np.int64) * n_items + items, return_index=True)
     keep = np.sort(first)[:n_inter]  # the first n_inter distinct pairs (every user among them)
-    users, items = users[keep], items[keep]
-    inter = build_interactions(users.astype(str), items.astype(str), seed=seed,
+    inter = build_interactions(users[keep].astype(str), items[keep].astype(str), seed=seed,
                                item_ids=[str(i) for i in range(n_items)])
-    observed = make_missing_mask(n_items, 2, 2 / 3, seed)
-    centres = rng.normal(size=(256, dim)).astype(np.float32)
+    observed = make_missing_mask(n_items, len(shape.dims), 2 / 3, seed)
     assign = rng.integers(0, 256, size=n_items)
     modalities = []
-    for m, name in enumerate(("image", "text")):
+    for m, dim in enumerate(shape.dims):
+        centres = rng.normal(size=(256, dim)).astype(np.float32)
         values = centres[assign] + rng.normal(scale=0.5, size=(n_items, dim)).astype(np.float32)
-        modalities.append(Modality(name, values, observed[:, m].copy()))
+        modalities.append(Modality(("image", "text")[m], values, observed[:, m].copy()))
     return Dataset(inter, modalities, name="synthetic")
 
 
-def run_fit(dataset: Dataset, epochs: int) -> dict:
-    from dgmrec_core.trainer import fit
-
-    config = replace(DGMRecConfig(), epochs=epochs, eval_every=epochs, patience=10**6)
-    t0 = time.perf_counter()
-    result = fit(dataset, config, progress=False)
-    seconds = [h["seconds"] for h in result.history]
-    return {"sec_per_epoch": statistics.median(seconds[1:] or seconds), "epochs": len(seconds),
-            "first_epoch_s": seconds[0], "wall_s": time.perf_counter() - t0,
-            "train_interactions": int(len(dataset.interactions.train)), "recall@20": result.test["recall@20"]}
-
-
-def scenario_ml100k(args: argparse.Namespace) -> dict:
-    from dgmrec_core.mmrec import load_mmrec
-
-    out = run_fit(load_mmrec(args.data), args.epochs)
-    official = OFFICIAL_S_PER_EPOCH.get(args.threads or torch.get_num_threads())
-    if official is not None:  # only thread counts the reference was measured with
-        out["official_s_per_epoch"] = official
-        out["speedup_vs_official"] = official / out["sec_per_epoch"]
-    return out
-
-
-def scenario_clothing(args: argparse.Namespace) -> dict:
-    t0 = time.perf_counter()
-    dataset = synthetic(40_000, 23_000, 280_000, 512)
-    out = run_fit(dataset, 2)
-    out["data_s"] = time.perf_counter() - t0 - out["wall_s"]
-    return out
-
-
-def scenario_items200k(args: argparse.Namespace) -> dict:
-    from dgmrec_core.model import DGMRec
+def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: int | None, knn_fn) -> dict:
+    """Train ``epochs`` epochs (no validation) timing each part: the whole-catalog work before and after the
+    batches and every batch, in wall and CPU seconds. With ``max_batches``, an epoch times only that many
+    batches and its length is estimated as that work plus all its batches at the median batch time."""
+    from dgmrec_core.lightgcn import build_model
     from dgmrec_core.trainer import NegativeSampler
-    from benchmarks.knn import faiss_knn
 
-    dataset = synthetic(50_000, 200_000, 600_000, 512)
-    config = DGMRecConfig()
-    model = DGMRec(config, dataset.n_users, dataset.n_items, [512, 512], ["image", "text"])
-    t0 = time.perf_counter()
-    model.attach(dataset, knn_fn=faiss_knn)
-    graphs_s = time.perf_counter() - t0
+    inter = dataset.interactions
+    model = build_model(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
+                        [m.name for m in dataset.modalities])
+    wall, cpu = time.perf_counter(), time.process_time()
+    model.attach(dataset, knn_fn)
+    graphs = (time.perf_counter() - wall, time.process_time() - cpu)
     opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
-    train = dataset.interactions.train
-    sampler = NegativeSampler(train, dataset.n_items, np.random.default_rng(0))
-    times = []
-    for b in range(3):
-        rows = np.arange(b * config.batch_size, (b + 1) * config.batch_size)
-        t = time.perf_counter()
-        loss, _ = model.loss(torch.as_tensor(train[rows, 0]), torch.as_tensor(train[rows, 1]),
-                             torch.as_tensor(sampler.sample(train[rows, 0])))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    t = time.perf_counter()
-    model.generate_missing()
-    model.refresh_graphs(knn_fn=faiss_knn)
-    refresh_s = time.perf_counter() - t
-    return {"graphs_s": graphs_s, "batch_s": statistics.median(times), "generate_and_refresh_s": refresh_s,
-            "knn_recall@10": knn_recall(model.features(0)[model.observed[:, 0]], 10, faiss_knn),
-            "graph_edges": {k: int(g._nnz()) for k, g in model.graphs.items()}}
+    club_opt = torch.optim.Adam(model.estimator_parameters(), lr=config.club_lr)
+    rng = np.random.default_rng(config.seed)
+    sampler = NegativeSampler(inter.train, inter.n_items, rng)
+    n_batches = -(-len(inter.train) // config.batch_size)
+    timed = min(n_batches, max_batches or n_batches)
+    epoch_wall, epoch_cpu, batch_wall, batch_cpu = [], [], [], []
+    model.train()
+    for epoch in range(epochs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        model.begin_epoch(club_opt, epoch, knn_fn)
+        order = rng.permutation(len(inter.train))
+        for b in range(timed):
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            users = inter.train[rows, 0]
+            t_wall, t_cpu = time.perf_counter(), time.process_time()
+            loss, _ = model.loss(torch.as_tensor(users), torch.as_tensor(inter.train[rows, 1]),
+                                 torch.as_tensor(sampler.sample(users)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            batch_wall.append(time.perf_counter() - t_wall)
+            batch_cpu.append(time.process_time() - t_cpu)
+        model.end_epoch()
+        untimed = n_batches - timed  # estimated at the median batch
+        epoch_wall.append(time.perf_counter() - wall + untimed * statistics.median(batch_wall))
+        epoch_cpu.append(time.process_time() - cpu + untimed * statistics.median(batch_cpu))
+    steady = slice(1, None) if epochs > 1 else slice(None)
+    return {"sec_per_epoch": statistics.median(epoch_wall[steady]),
+            "cpu_s_per_epoch": statistics.median(epoch_cpu[steady]),
+            "epochs_timed": epochs, "batches_per_epoch": n_batches, "batches_timed": timed,
+            "estimated": timed < n_batches, "batch_s": statistics.median(batch_wall),
+            "batch_cpu_s": statistics.median(batch_cpu), "graphs_s": graphs[0], "recall@20": None}
 
 
-def knn_recall(features: torch.Tensor, k: int, knn_fn, sample: int = 500) -> float:
-    """Recall@k of ``knn_fn``'s neighbours against exact cosine top-k, on ``sample`` random rows."""
-    idx, _ = knn_fn(features, k)
-    rows = torch.as_tensor(np.random.default_rng(0).choice(len(features), size=sample, replace=False))
-    x = torch.nn.functional.normalize(features, dim=1)
-    exact = (x[rows] @ x.T).topk(k, dim=1).indices
-    return float((idx[rows][:, :, None] == exact[:, None, :]).any(2).float().mean())
+def run_child(args: argparse.Namespace) -> dict:
+    """One (scenario, mode) measurement in this process."""
+    config = replace(DGMRecConfig(), training_mode=args.mode, seed=args.seed)
+    t0 = time.perf_counter()
+    if args.child == "ml100k":
+        from dgmrec_core.mmrec import load_mmrec
+
+        dataset = load_mmrec(args.data)
+    else:
+        dataset = synthetic(SHAPES[args.child], seed=args.seed)
+    data_s = time.perf_counter() - t0
+    if args.child in ("ml100k", "baby"):
+        out = measure(dataset, config, args.epochs, None, chunked_cosine_knn)
+    else:
+        from benchmarks.knn import faiss_knn
+
+        out = measure(dataset, config, 1, args.batches, faiss_knn)
+    return {**out, "data_s": data_s, "train_interactions": int(len(dataset.interactions.train))}
 
 
-SCENARIOS = {"ml100k": scenario_ml100k, "clothing": scenario_clothing, "items200k": scenario_items200k}
+def run_all(args: argparse.Namespace) -> list[dict]:
+    records = []
+    threads = args.threads or torch.get_num_threads()
+    for name in args.scenarios:
+        for mode in args.modes:
+            cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
+                   "--epochs", str(args.epochs), "--batches", str(args.batches), "--threads", str(threads),
+                   "--seed", str(args.seed)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                log.error("%s %s failed:\n%s", name, mode, proc.stderr[-2000:])
+                continue
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            reference = REFERENCE_S_PER_EPOCH.get(name, {}).get(threads)
+            record = {"kind": "training", "dataset": name, "mode": mode, "threads": threads, "processes": 1,
+                      "seed": args.seed, **result, "reference_s_per_epoch": reference,
+                      "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            records.append(record)
+            log.info("%s %s: %.2f s/epoch, peak %.0f MB", name, mode, record["sec_per_epoch"], record["peak_rss_mb"])
+    return records
+
+
+def _commit() -> str:
+    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip()
+
+
+def table(records: list[dict]) -> str:
+    lines = ["| data | mode | s/epoch (wall) | CPU s/epoch | vs reference | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for r in records:
+        ref = r.get("reference_s_per_epoch")
+        versus = f"{r['sec_per_epoch'] / ref:.2f} of {ref:.2f} s" if ref else "-"
+        est = " (est.)" if r.get("estimated") else ""
+        lines.append(f"| {r['dataset']} | {r['mode']} | {r['sec_per_epoch']:.2f}{est} | {r['cpu_s_per_epoch']:.2f} | "
+                     f"{versus} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--scenarios", nargs="+", default=["ml100k", "baby", "items200k", "items1m"],
+                        choices=["ml100k", *SHAPES])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs timed on ML-100K")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs timed on ml100k and baby")
+    parser.add_argument("--batches", type=int, default=5, help="batches timed on the generated catalogs")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-save", action="store_true", help="print only; do not merge into scale.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", default="paper-exact", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        result = SCENARIOS[args.child](args)
+        result = run_child(args)
         result["peak_rss_mb"] = peak_mb()
         print(json.dumps(result))
         return
-    results = {}
-    for name in args.scenarios:
-        cmd = [sys.executable, __file__, "--child", name, "--data", str(args.data), "--epochs", str(args.epochs),
-               "--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{name}: {json.dumps(results[name])}", flush=True)
-    print("\n| scenario | s/epoch (or per batch) | peak RSS MB | notes |\n|---|---|---|---|")
-    for name, r in results.items():
-        if name == "items200k":
-            print(f"| {name} | {r['batch_s']:.2f} s/batch | {r['peak_rss_mb']:.0f} | kNN graphs {r['graphs_s']:.1f} s "
-                  f"(IVF recall@10 {r['knn_recall@10']:.3f}), generate+refresh {r['generate_and_refresh_s']:.1f} s |")
-        else:
-            note = (f"{r['speedup_vs_official']:.1f}x faster than the reference code's {r['official_s_per_epoch']:.2f} s "
-                    f"(measured quietly, same threads)"
-                    if "speedup_vs_official" in r else f"{r['train_interactions']} train interactions")
-            print(f"| {name} | {r['sec_per_epoch']:.2f} | {r['peak_rss_mb']:.0f} | {note} |")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    records = run_all(args)
+    if records and not args.no_save:
+        merge_records(records)
+    print(table(records))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Atomic file writes: write beside the target, then rename, so a failure never leaves half a file."""
+"""Atomic file and folder writes: write beside the target, then rename, so a failure never leaves half of one."""
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,32 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+@contextmanager
+def atomic_folder(target: str | Path, *, stem: str | None = None) -> Iterator[Path]:
+    """Yield a new empty folder ``.<stem>.tmp-<tag>`` beside ``target`` (``stem``: the target's name); when the
+    block succeeds it takes ``target``'s place by rename (an existing ``target`` is first renamed aside to
+    ``.<stem>.old-<tag>`` and removed after). On any exception the new folder is removed and ``target`` stays
+    as it was. The one folder swap: the sample shop and ``dgmrec_core.versioned.publish`` use it."""
+    target = Path(target)
+    stem = stem or target.name
+    tag = uuid.uuid4().hex[:8]
+    tmp = target.parent / f".{stem}.tmp-{tag}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists() or target.is_symlink():
+            old = target.parent / f".{stem}.old-{tag}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def own_folder_problem(folder: str | Path) -> str | None:

@@ -12,7 +12,7 @@ from .atomic import atomic_path
 from .config import DGMRecConfig
 from .data import Dataset
 from .errors import DataError
-from .model import DGMRec
+from .lightgcn import LightGCN, build_model
 
 FORMAT = 1
 
@@ -33,17 +33,17 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     return h.hexdigest()
 
 
-def model_shape(model: DGMRec) -> dict[str, Any]:
+def model_shape(model: LightGCN) -> dict[str, Any]:
     return {"n_users": model.n_users, "n_items": model.n_items, "dims": model.dims, "names": model.names}
 
 
-def model_state(model: DGMRec) -> dict[str, Any]:
+def model_state(model: LightGCN) -> dict[str, Any]:
     """Weights, features and graphs of ``model``, detached copies."""
     return {"weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "graphs": model.graph_state(), "epochs_generated": model.epochs_generated}
 
 
-def restore_state(model: DGMRec, state: dict[str, Any]) -> None:
+def restore_state(model: LightGCN, state: dict[str, Any]) -> None:
     model.load_state_dict(state["weights"])
     model.load_graph_state(state["graphs"])
     model.epochs_generated = state["epochs_generated"]
@@ -69,12 +69,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path) -> tuple[DGMRec, dict[str, Any]]:
+def load_model(path: str | Path) -> tuple[LightGCN, dict[str, Any]]:
     """The best model of a checkpoint, ready for inference, and the checkpoint's payload."""
     payload = read_checkpoint(path)
     shape = payload["shape"]
-    model = DGMRec(DGMRecConfig.from_dict(payload["config"]), shape["n_users"], shape["n_items"],
-                   shape["dims"], shape["names"])
+    model = build_model(DGMRecConfig.from_dict(payload["config"]), shape["n_users"], shape["n_items"],
+                        shape["dims"], shape["names"])
     restore_state(model, payload["best"])
     model.eval()
     return model, payload

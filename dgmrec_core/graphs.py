@@ -183,3 +183,40 @@ def refresh_rows(old: torch.Tensor, rebuilt: torch.Tensor, rows: torch.Tensor, l
     idx = torch.cat([o_idx, r_idx[:, r_keep]], dim=1)
     vals = torch.cat([o_val * o_scale, r_val[r_keep] * lam])
     return torch.sparse_coo_tensor(idx, vals, (n, n), check_invariants=False).coalesce()
+
+
+def csr_rows(graph: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of the sparse CSR ``graph``, as a CSR matrix of shape (len(rows), graph columns).
+
+    Vectorised: cost proportional to the selected rows' stored entries, not to the graph.
+    """
+    crow, col, val = graph.crow_indices(), graph.col_indices(), graph.values()
+    start = crow[rows]
+    count = crow[rows + 1] - start
+    new_crow = torch.cat([count.new_zeros(1), count.cumsum(0)])
+    total = int(new_crow[-1])
+    pick = torch.repeat_interleave(start - new_crow[:-1], count, output_size=total) + torch.arange(total)
+    return torch.sparse_csr_tensor(new_crow, col[pick], val[pick], (len(rows), graph.shape[1]),
+                                   check_invariants=False)
+
+
+def column_block(sub: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The columns ``cols`` (distinct) of the sparse CSR ``sub``, renumbered 0..len(cols)-1 in ``cols``' order."""
+    crow, col, val = sub.crow_indices(), sub.col_indices(), sub.values()
+    position = torch.full((sub.shape[1],), -1, dtype=torch.long)
+    position[cols] = torch.arange(len(cols))
+    new_col = position[col]
+    keep = new_col >= 0
+    row_of = torch.repeat_interleave(torch.arange(sub.shape[0]), crow.diff(), output_size=len(col))
+    counts = torch.bincount(row_of[keep], minlength=sub.shape[0])
+    new_crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return torch.sparse_csr_tensor(new_crow, new_col[keep], val[keep], (sub.shape[0], len(cols)),
+                                   check_invariants=False)
+
+
+def sparse_product(graph: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``graph @ h`` for a sparse CSR ``graph`` used once (its transpose is made here when ``h`` needs a
+    gradient; for graphs multiplied many times, cache the transpose and call ``CsrProduct`` directly)."""
+    if not (torch.is_grad_enabled() and h.requires_grad):
+        return torch.sparse.mm(graph, h)
+    return CsrProduct.apply(h, graph, graph.t().to_sparse_csr())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import warnings
 from collections.abc import Sequence
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,79 +261,107 @@ def build_interactions(users: Sequence[str] | np.ndarray, items: Sequence[str] |
         raise ValueError(f"{n} users but {len(items)} items")
     rows = np.arange(1, n + 1) if rows is None else np.asarray(rows)
     labels = None if splits is None else np.asarray(splits, dtype=np.int64)
-
-    def where(label: int) -> str | None:
-        if isinstance(source, (list, tuple)):
-            return str(source[label])
-        return None if source is None else str(source)
-
-    if labels is not None and n and (labels.min() < 0 or labels.max() > 2):
-        pos = int(np.argmax((labels < 0) | (labels > 2)))
-        raise DataError(where(0), f"split label {labels[pos]} is not 0, 1 or 2", row=int(rows[pos]))
-    if n == 0 or (labels is not None and not (labels == 0).any()):
-        raise DataError(where(0), "the training split is empty")
+    where = partial(_where, source)
+    _check_labels(labels, n, rows, where)
 
     in_train = np.ones(n, dtype=bool) if labels is None else labels == 0
-    fixed_items = item_ids is not None
-    if fixed_items:
-        item_vocab = np.asarray([str(i) for i in item_ids], dtype=str)
-        if len(np.unique(item_vocab)) != len(item_vocab):
-            raise ValueError("item_ids contains duplicates")
-    else:
-        item_vocab = sorted_ids(items[in_train])
-    user_vocab = sorted_ids(users[in_train])
+    user_vocab, item_vocab = sorted_ids(users[in_train]), _item_vocabulary(items[in_train], item_ids)
     u, i = lookup(user_vocab, users), lookup(item_vocab, items)
     dropped = 0
     if labels is not None:
-        new_user = ~in_train & (u < 0)
-        new_item = ~in_train & (i < 0) if not fixed_items else np.zeros(n, dtype=bool)
-        unseen = new_user | new_item
+        unseen = _unseen_rows(users, items, u, i, labels, fixed_items=item_ids is not None, where=where)
         dropped = int(unseen.sum())
         if dropped:
-            warnings.warn(_unseen_message(labels, unseen, len(np.unique(users[new_user])),
-                                          len(np.unique(items[new_item])), where),
-                          UnseenInTrainingWarning, stacklevel=2)
             keep = ~unseen
             u, i, items, labels, rows = u[keep], i[keep], items[keep], labels[keep], rows[keep]
             timestamps = None if timestamps is None else np.asarray(timestamps)[keep]
-            n = len(u)
     if (i < 0).any():  # only an item outside the given item list can be left unknown here
         pos = int(np.argmax(i < 0))
         raise DataError(where(0 if labels is None else int(labels[pos])),
                         f"item id {str(items[pos])!r} is not in the given item list ({len(item_vocab)} items)",
                         row=int(rows[pos]))
     n_users, n_items = len(user_vocab), len(item_vocab)
+    keep = _first_of_each_pair(u, i, n_items, timestamps, labels)
+    u, i = u[keep], i[keep]
+    pairs = np.stack([u, i], axis=1).astype(np.int64)
+    if labels is not None:
+        label = labels[keep]
+    else:
+        tie = np.asarray(timestamps, dtype=np.float64)[keep] if timestamps is not None else None
+        pairs, label = _split_by_ratios(pairs, n_users, tie, _check_ratios(ratios), seed)
+    return Interactions(n_users=n_users, n_items=n_items,
+                        train=pairs[label == 0], valid=pairs[label == 1], test=pairs[label == 2],
+                        user_ids=user_vocab.tolist(), item_ids=item_vocab.tolist(), dropped_unseen=dropped)
 
-    # Deduplicate: order by (split, time, input position) and keep each pair's first entry.
-    keys = [np.arange(n)]
+
+def _where(source: str | Path | Sequence[str | Path] | None, label: int) -> str | None:
+    """The file an entry of split ``label`` came from, for error messages."""
+    if isinstance(source, (list, tuple)):
+        return str(source[label])
+    return None if source is None else str(source)
+
+
+def _check_labels(labels: np.ndarray | None, n: int, rows: np.ndarray, where) -> None:
+    """Split labels are 0, 1 or 2, and the training split is not empty."""
+    if labels is not None and n and (labels.min() < 0 or labels.max() > 2):
+        pos = int(np.argmax((labels < 0) | (labels > 2)))
+        raise DataError(where(0), f"split label {labels[pos]} is not 0, 1 or 2", row=int(rows[pos]))
+    if n == 0 or (labels is not None and not (labels == 0).any()):
+        raise DataError(where(0), "the training split is empty")
+
+
+def _item_vocabulary(train_items: np.ndarray, item_ids: Sequence[str] | None) -> np.ndarray:
+    """The item order: ``item_ids`` when given (checked to be unique), else the training items sorted."""
+    if item_ids is None:
+        return sorted_ids(train_items)
+    item_vocab = np.asarray([str(i) for i in item_ids], dtype=str)
+    if len(np.unique(item_vocab)) != len(item_vocab):
+        raise ValueError("item_ids contains duplicates")
+    return item_vocab
+
+
+def _unseen_rows(users: np.ndarray, items: np.ndarray, u: np.ndarray, i: np.ndarray, labels: np.ndarray, *,
+                 fixed_items: bool, where) -> np.ndarray:
+    """Valid/test rows whose user (or, without a fixed item list, item) never occurs in train; warns once
+    (pointing at the caller of :func:`build_interactions`) when there are any."""
+    in_train = labels == 0
+    new_user = ~in_train & (u < 0)
+    new_item = ~in_train & (i < 0) if not fixed_items else np.zeros(len(u), dtype=bool)
+    unseen = new_user | new_item
+    if unseen.any():
+        warnings.warn(_unseen_message(labels, unseen, len(np.unique(users[new_user])),
+                                      len(np.unique(items[new_item])), where),
+                      UnseenInTrainingWarning, stacklevel=3)
+    return unseen
+
+
+def _first_of_each_pair(u: np.ndarray, i: np.ndarray, n_items: int, timestamps: np.ndarray | None,
+                        labels: np.ndarray | None) -> np.ndarray:
+    """Positions (sorted) of each (user, item) pair's first entry by (split, time, input position)."""
+    keys = [np.arange(len(u))]
     if timestamps is not None:
         keys.append(np.asarray(timestamps, dtype=np.float64))
     if labels is not None:
         keys.append(labels)
     order = np.lexsort(keys)
     _, first = np.unique((u * n_items + i)[order], return_index=True)
-    keep = np.sort(order[first])
-    u, i = u[keep], i[keep]
-    pairs = np.stack([u, i], axis=1).astype(np.int64)
+    return np.sort(order[first])
 
-    if labels is not None:
-        label = labels[keep]
-    else:
-        r = _check_ratios(ratios)
-        m = len(keep)
-        tie = (np.asarray(timestamps, dtype=np.float64)[keep] if timestamps is not None
-               else np.random.default_rng(seed).random(m))
-        order = np.lexsort((np.arange(m), tie, u))
-        counts = np.bincount(u, minlength=n_users)
-        starts = np.cumsum(counts) - counts
-        u_sorted = u[order]
-        rank = np.arange(m) - starts[u_sorted]
-        b1, b2 = _split_counts(counts[u_sorted], r)
-        pairs = pairs[order]
-        label = np.where(rank < b1, 0, np.where(rank < b2, 1, 2))
-    return Interactions(n_users=n_users, n_items=n_items,
-                        train=pairs[label == 0], valid=pairs[label == 1], test=pairs[label == 2],
-                        user_ids=user_vocab.tolist(), item_ids=item_vocab.tolist(), dropped_unseen=dropped)
+
+def _split_by_ratios(pairs: np.ndarray, n_users: int, tie: np.ndarray | None, ratios: tuple[float, float, float],
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's pairs in time order (``tie``; None: a ``seed``-ed shuffle) split by ``ratios``: the pairs
+    in that order and their split labels."""
+    u = pairs[:, 0]
+    m = len(pairs)
+    tie = np.random.default_rng(seed).random(m) if tie is None else tie
+    order = np.lexsort((np.arange(m), tie, u))
+    counts = np.bincount(u, minlength=n_users)
+    starts = np.cumsum(counts) - counts
+    u_sorted = u[order]
+    rank = np.arange(m) - starts[u_sorted]
+    b1, b2 = _split_counts(counts[u_sorted], ratios)
+    return pairs[order], np.where(rank < b1, 0, np.where(rank < b2, 1, 2))
 
 
 class UnseenInTrainingWarning(UserWarning):

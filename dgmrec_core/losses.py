@@ -90,3 +90,42 @@ class CLUB(nn.Module):
         shuffled = y[torch.randperm(y.shape[0], device=y.device)]
         negative = -((mu - shuffled) ** 2 * inv_var).sum(1)
         return (positive - negative).mean() / 2
+
+
+def _decoded_norms(layer: nn.Linear, z: torch.Tensor) -> torch.Tensor:
+    """|layer(z_i)|^2 per row, from W^T W and W^T b (no decoded row)."""
+    weight, bias = layer.weight, layer.bias
+    return ((z @ (weight.T @ weight)) * z).sum(1) + 2 * (z @ (weight.T @ bias)) + bias @ bias
+
+
+def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mse_loss(layer(z), x)`` for a linear ``layer`` from small codes to wide features, without decoding:
+    |layer(z_i) - x_i|^2 = |layer(z_i)|^2 - 2 (z_i . (W^T x_i) + b . x_i) + |x_i|^2."""
+    if z.shape[0] == 0:
+        return z.new_zeros(())
+    cross = (z * (x @ layer.weight)).sum(1) + x @ layer.bias
+    squared_error = _decoded_norms(layer, z) - 2 * cross + (x * x).sum(1)
+    return squared_error.clamp_min(0).sum() / x.numel()
+
+
+def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``info_nce(layer(z), x, temperature) + mse_loss(layer(z), x)`` without decoding a single row.
+
+    ``layer`` maps small codes ``z`` (n, d_in) to wide features (n, d_out), e.g. 128 -> 4,096. Being linear,
+    layer(z_i) . x_j = z_i . (W^T x_j) + b . x_j and |layer(z_i)|^2 = z_i^T W^T W z_i + 2 b^T W z_i + |b|^2,
+    so both terms follow from ``x @ W`` and ``W^T W``: O(n d_out d_in + n^2 d_in) instead of the
+    O(n^2 d_out) of the cosine logits plus the O(n d_out d_in) decoding, forward and backward. The same
+    loss and gradient up to rounding (tests/test_losses.py).
+    """
+    if z.shape[0] == 0 or x.shape[0] == 0:
+        return z.new_zeros(())
+    if z.shape[0] != x.shape[0]:
+        raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {x.shape[0]}")
+    x_norm = x.norm(dim=1)
+    dots = z @ (x @ layer.weight).T + (x @ layer.bias)[None, :]  # (i, j): layer(z_i) . x_j
+    sq_norm = _decoded_norms(layer, z)
+    logits = dots / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12)[:, None] * x_norm.clamp_min(1e-12)[None, :]
+                     * temperature)
+    nce = (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+    squared_error = sq_norm - 2 * dots.diagonal() + x_norm ** 2
+    return nce + squared_error.clamp_min(0).sum() / x.numel()

@@ -21,7 +21,7 @@ from .data import Dataset, Interactions
 from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
-from .model import DGMRec
+from .lightgcn import LightGCN, build_model
 
 log = logging.getLogger("dgmrec.train")
 
@@ -65,7 +65,7 @@ class NegativeSampler:
 class TrainResult:
     """The trained (best-validation) model, per-epoch history and final metrics."""
 
-    model: DGMRec
+    model: LightGCN
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
     valid: dict[str, float] = field(default_factory=dict)
@@ -80,7 +80,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def evaluate(model: DGMRec, dataset: Dataset, split: str, *, new_items_only: bool = False) -> dict[str, float]:
+def evaluate(model: LightGCN, dataset: Dataset, split: str, *, new_items_only: bool = False) -> dict[str, float]:
     """Full-ranking Recall/NDCG/Hit@10/20/50 on ``split`` ('valid' or 'test'), training items excluded."""
     model.eval()
     users, items = model.final_embeddings()
@@ -127,7 +127,7 @@ def _set_rng_state(rng: np.random.Generator, state: dict[str, Any], device: torc
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def place(model: DGMRec, device: torch.device) -> DGMRec:
+def place(model: LightGCN, device: torch.device) -> LightGCN:
     """``model`` with its weights, buffers and sparse graphs on ``device`` (a no-op on the CPU it is on)."""
     model.to(device)
     model.graphs = {k: g.to(device) for k, g in model.graphs.items()}
@@ -161,12 +161,13 @@ class _Run:
         inter = dataset.interactions
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        model = DGMRec(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
-                       [m.name for m in dataset.modalities])
+        model = build_model(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
+                            [m.name for m in dataset.modalities])
         model.attach(dataset, knn_fn)
         self.model = place(model, ctx.device)
         self.opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
-        self.club_opt = torch.optim.Adam(model.club.parameters(), lr=config.club_lr) if model.n_modalities else None
+        estimators = model.estimator_parameters()
+        self.club_opt = torch.optim.Adam(estimators, lr=config.club_lr) if estimators else None
         self.fingerprint = dataset_fingerprint(dataset)
         self.state = _Stopping(best_state=model_state(model))
         self.sampler: NegativeSampler | None = None
@@ -201,13 +202,12 @@ class _Run:
         t0 = time.perf_counter()
         self.model.train()
         distributed.sync_torch_rng(self.ctx)
-        self._catalog_pass(epoch)
+        self.model.begin_epoch(self.club_opt, epoch, self.knn_fn)  # the whole-catalog work, on every rank
         if self.ctx.device.type == "cuda":
             # CUDA's atomic sums are not bit-reproducible: every rank takes rank 0's weights and buffers
             distributed.broadcast_tensors(self.ctx, list(self.model.state_dict().values()))
         sums, n_batches = self._batches(epoch)
-        if self.model.n_modalities:
-            self.model.update_calibration()  # so a saved state generates as its weights say
+        self.model.end_epoch()
         record: dict[str, Any] = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                                   "loss": {k: v / n_batches for k, v in sums.items()}}
         validate = (epoch + 1) % self.config.eval_every == 0 or epoch + 1 == self.config.epochs
@@ -220,17 +220,6 @@ class _Run:
                        f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
         if self.checkpoint is not None and validate and self.ctx.is_main:
             self._save(epoch)
-
-    def _catalog_pass(self, epoch: int) -> None:
-        """The per-epoch whole-catalog work: CLUB estimators, generation of missing features, kNN refresh."""
-        model, config = self.model, self.config
-        if not model.n_modalities:
-            return
-        model.club_step(self.club_opt, config.club_steps)
-        if config.generation:
-            model.generate_missing()
-            if (epoch + 1) % config.refresh_every == 0:
-                model.refresh_graphs(self.knn_fn)
 
     def _batches(self, epoch: int) -> tuple[dict[str, float], int]:
         """One pass over the shuffled training pairs in BPR batches; the summed loss terms and the batch count.
@@ -299,8 +288,8 @@ class _Run:
                         "please report this)", ctx.rank)
         self._restore(self.state.best_state)
         distributed.sync_torch_rng(ctx)
+        model.finish_training(config.seed)  # DGMRec: the generation refit (scores unchanged)
         if model.n_modalities and config.generation and config.gen_refit_steps:
-            model.refit_generation(config.gen_refit_steps, seed=config.seed)  # generation only: scores unchanged
             if self.checkpoint is not None and self.saved is not None:
                 save_checkpoint(self.checkpoint, {**self.saved, "best": model_state(model)})
         figures = None

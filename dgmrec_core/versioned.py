@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .atomic import atomic_folder
 from .errors import DataError
 
 ErrorFactory = Callable[[Path, str], Exception]  # (folder, problem) -> the exception to raise
@@ -100,15 +101,12 @@ def publish(folder: Path, fill: Callable[[Path], None], generation: int) -> Path
     as it was; returns the new version folder.
     """
     tag = uuid.uuid4().hex[:8]
-    tmp = folder.parent / f".{folder.name}.tmp-{tag}"
     version = folder.parent / f".{folder.name}.v{generation:06d}-{tag}"
-    tmp.mkdir()
     try:
-        fill(tmp)
-        os.rename(tmp, version)
+        with atomic_folder(version, stem=folder.name) as tmp:  # filled as .NAME.tmp-<tag>, renamed to version
+            fill(tmp)
         point(folder, version, tag)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         if version.exists() and not (folder.is_symlink() and folder.resolve() == version.resolve()):
             shutil.rmtree(version, ignore_errors=True)
         raise

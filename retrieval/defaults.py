@@ -10,8 +10,11 @@ FINETUNE_BATCH = 32  # the most pairs per batch; small catalogs get smaller batc
 SCRATCH_LR = 1e-3  # fine-tuning learning rate from random weights ...
 PRETRAINED_LR = 1e-5  # ... and from pretrained weights
 
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
 AUTO_EXACT_MAX = 50_000  # index kind "auto": exact search below this many rows, IVF at or above
+# ... and IVF-PQ (codes in memory, full vectors re-read from disk) once IVF's float32 vectors, n x d x 4
+# bytes, would exceed this: 2,097,152 rows at d = 512 (benchmarks/RESULTS.md section 9).
+AUTO_COMPRESS_BYTES = 4 * 1024**3
 
 # `dgmrec demo`: DGMRec validated every epoch, stopping after 2 validations without a better Recall@20, at
 # most 10 epochs, and a shorter generation refit. On the sample shop the best validation epoch is 3-7

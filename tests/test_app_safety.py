@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from app_server import GRADIO_PANDAS_WARNINGS, _free_port, shared_server
-from ui.app import ImageGuard, _placeholder, _tile
+from dgmrec_core.atomic import sha256_file
+from ui.tiles import ImageGuard, item_tile, placeholder_tile
 from ui.cli import main
 
 pytestmark = pytest.mark.filterwarnings(GRADIO_PANDAS_WARNINGS)
@@ -58,8 +59,8 @@ def test_guard_admits_only_images_inside_the_bundle_or_catalog_folder(tmp_path: 
     assert guard.photo(str(shop / "images" / "notes.txt")) is None  # inside, but not an image
     assert "not serving item image /etc/passwd" in caplog.text and "not a decodable image" in caplog.text
     item = SimpleNamespace(image="/etc/passwd", title="Hat", text=None, item_id="p1")
-    tile, caption = _tile(item, "Hat", guard=guard)
-    assert tile is _placeholder("Hat") and caption == "Hat"
+    tile, caption = item_tile(item, "Hat", guard=guard)
+    assert tile is placeholder_tile("Hat") and caption == "Hat"
 
 
 def test_server_hands_out_no_file_by_path() -> None:
@@ -79,8 +80,11 @@ def test_an_index_pointing_images_at_system_files_serves_none_of_them(tmp_path: 
     folder = tmp_path / "index"
     shutil.copytree(server.index_dir.resolve(), folder)
     meta = json.loads((folder / "meta.json").read_text())
-    images = meta["extra"]["items"]["image"]
-    meta["extra"]["items"]["image"] = [os.path.relpath("/etc/passwd", folder)] * len(images)
+    for name in meta["item_files"]:  # the item store's image column, with the sizes recorded to match
+        segment = json.loads((folder / name).read_text())
+        segment["columns"]["image"] = [os.path.relpath("/etc/passwd", folder)] * segment["rows"]
+        (folder / name).write_text(json.dumps(segment))
+        meta["checksums"][name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
     (folder / "meta.json").write_text(json.dumps(meta))
     engine = SearchEngine.load(folder)
     caplog.set_level(logging.WARNING, logger="dgmrec.app")

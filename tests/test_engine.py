@@ -411,6 +411,33 @@ def test_add_items_generates_missing_modalities_and_persists(built: Built) -> No
     assert len(SearchEngine.load(folder, encoder=built.encoder).bundle) == 63
 
 
+def test_a_bundle_written_before_item_files_loads_and_its_next_add_items_migrates_it(built: Built) -> None:
+    folder = _copy_bundle(built, "before-item-files")
+    meta = json.loads((folder / "meta.json").read_text())  # the way bundles were written: items inside extra
+    columns = {}
+    for name in meta.pop("item_files"):
+        for column, values in json.loads((folder / name).read_text())["columns"].items():
+            columns.setdefault(column, []).extend(values)
+        (folder / name).unlink()
+        meta["checksums"].pop(name)
+    del meta["item_columns"]
+    meta["extra"]["items"] = columns
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+    engine = SearchEngine.load(folder, encoder=built.encoder)
+    assert not engine.bundle.has_item_files
+    ids = built.engine.bundle.item_ids
+    assert [engine.item(i) for i in engine.bundle.item_ids] == [built.engine.item(i) for i in ids]
+    shop = built.catalog.parent
+    catalog = _write_catalog(shop / "migrating_items.csv",
+                             [_item_row(shop, "m1", 111, "circle", "yellow", image=True, text=True)])
+    assert add_items(engine, catalog) == ["m1"]
+    reloaded = SearchEngine.load(folder, encoder=built.encoder)
+    assert reloaded.bundle.meta["item_files"] == ["items-000000.json", "items-000001.json"]
+    assert "items" not in reloaded.bundle.meta["extra"]
+    assert reloaded.item("p001") == built.engine.item("p001") and reloaded.item("m1") == engine.item("m1")
+
+
 # ---------------------------------------------------------------------------- command line
 def test_cli_build_search_recommend(built: Built, capsys: pytest.CaptureFixture,
                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,3 +52,35 @@ def test_csr_product_gradient_matches_the_dense_product() -> None:
     (grad,) = torch.autograd.grad((out * weights).sum(), h)
     torch.testing.assert_close(out, dense @ h)
     torch.testing.assert_close(grad, dense.T @ weights)
+
+
+def test_decoded_match_equals_info_nce_plus_mse_of_the_decoded_rows() -> None:
+    from torch import nn
+
+    from dgmrec_core.losses import decoded_match
+
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 300)
+    z = torch.randn(20, 8, requires_grad=True)
+    x = torch.randn(20, 300)
+    fast = decoded_match(layer, z, x, 0.1)
+    slow = info_nce(layer(z), x, 0.1) + F.mse_loss(layer(z), x)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    grad_fast = torch.autograd.grad(fast, [z, layer.weight])
+    grad_slow = torch.autograd.grad(slow, [z, layer.weight])
+    for a, b in zip(grad_fast, grad_slow):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_decoded_mse_equals_mse_of_the_decoded_rows() -> None:
+    from torch import nn
+
+    from dgmrec_core.losses import decoded_mse
+
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 200)
+    z, x = torch.randn(15, 6), torch.randn(15, 200)
+    fast, slow = decoded_mse(layer, z, x), F.mse_loss(layer(z), x)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(fast, list(layer.parameters())), torch.autograd.grad(slow, list(layer.parameters()))):
+        assert torch.allclose(a, b, atol=1e-5)

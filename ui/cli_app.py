@@ -117,8 +117,12 @@ def _add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from retrieval.defaults import (COMPACT_MODEL, DEMO_FINETUNE_EPOCHS, DEMO_TRAINING, ENCODER_MODES, FINETUNE_BATCH,
-                                    FINETUNE_EPOCHS, PRETRAINED_LR, SCRATCH_LR)
+    for add in (_register_demo, _register_serve, _register_finetune_encoder):
+        add(sub)
+
+
+def _register_demo(sub: argparse._SubParsersAction) -> None:
+    from retrieval.defaults import DEMO_FINETUNE_EPOCHS, DEMO_TRAINING, ENCODER_MODES, FINETUNE_EPOCHS
 
     p = sub.add_parser("demo", help="build everything from the sample shop (or a catalog) and serve the page",
                        description="One command from nothing to the web page: make the sample shop (or read "
@@ -150,12 +154,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_server_arguments(p)
     p.set_defaults(func=cmd_demo)
 
+
+def _register_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the web page for an index built before",
                        description="Search (text to images, image to texts, personalised), recommendations, "
                                    "generation quality and a catalog overview, for one index.")
     p.add_argument("--index", required=True, help="index folder (e.g. indexes/sample-shop), or a name under ./indexes/")
     _add_server_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+
+def _register_finetune_encoder(sub: argparse._SubParsersAction) -> None:
+    from retrieval.defaults import COMPACT_MODEL, FINETUNE_BATCH, FINETUNE_EPOCHS, PRETRAINED_LR, SCRATCH_LR
 
     p = sub.add_parser("finetune-encoder", help="train a compact open_clip encoder on a catalog's image-text pairs",
                        description="Contrastive (CLIP) training on the catalog's items that have both an image "

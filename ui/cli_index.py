@@ -122,6 +122,11 @@ def _add_index_argument(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    for add in (_register_build, _register_search, _register_recommend, _register_add_items, _register_verify):
+        add(sub)
+
+
+def _register_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build a searchable index from a catalog (and interactions)",
                        description="Encode the catalog with open_clip, train DGMRec on the interactions (or, "
                                    "without them, its generation on the items' own image-text pairs), "
@@ -150,6 +155,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.set_defaults(func=cmd_build)
 
+
+def _register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search an index with a text or an image",
                        description="Text to images (default for --text), image to texts (default for "
                                    "--image), or same-modality search with --target.")
@@ -168,6 +175,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_search)
 
+
+def _register_recommend(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recommend", help="recommend items to a user",
                        description="Top items by DGMRec's score for the user, items seen in training excluded.")
     _add_index_argument(p)
@@ -176,6 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_recommend)
 
+
+def _register_add_items(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("add-items", help="add new catalog items to an index without retraining",
                        description="Encode the new items, generate their missing modalities with the trained "
                                    "model and append them to every index.")
@@ -186,6 +197,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "them in the index")
     p.set_defaults(func=cmd_add_items)
 
+
+def _register_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every file of an index against its recorded size and sha256",
                        description="Reads every file of the index in full and compares it with the size and "
                                    "sha256 recorded when it was written; names each bad file (exit code 1).")

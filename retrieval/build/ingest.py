@@ -46,11 +46,11 @@ def add_items(engine: SearchEngine, catalog_path: str | Path, *, skip_bad: bool 
     with torch.no_grad():
         fused = model.cold_item_embeddings([torch.as_tensor(done.features[m]) for m in engine.modalities])
     info = engine.info
-    info = replace(info, items=info.items + ItemStore.of(catalog, bundle.folder),
-                   catalogs=[*info.catalogs, bundle_ref(catalog.source, bundle.folder)],
-                   skipped=[*info.skipped, *(f"{catalog.source.name}: {p}" for p in problems)])
+    added = replace(info, catalogs=[*info.catalogs, bundle_ref(catalog.source, bundle.folder)],
+                    skipped=[*info.skipped, *(f"{catalog.source.name}: {p}" for p in problems)])
     bundle.add_items(catalog.item_ids, done.features, done.generated, augment_items(fused.numpy(), engine.radius),
-                     extra=info.to_extra())
+                     extra=added.to_extra(), items=ItemStore.of(catalog, bundle.folder).to_columns(),
+                     earlier_items=None if bundle.has_item_files else info.items.to_columns())
     return list(catalog.item_ids)
 
 

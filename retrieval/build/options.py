@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dgmrec_core.config import DGMRecConfig
-from retrieval.defaults import AUTO_EXACT_MAX, INDEX_KINDS
+from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX, INDEX_KINDS
 from retrieval.encode.spec import EncoderSpec
 from dgmrec_core.options import option
 
@@ -26,7 +26,8 @@ class BuildOptions:
     holdout: float = option(0.05, "share of items with both modalities that lose one for training, to measure "
                                   "generation against the real feature")
     seed: int | None = option(None, "seed of the held-out draw (default: the config's seed)")
-    kind: str = option("auto", f"FAISS index kind (auto: exact below {AUTO_EXACT_MAX:,} items, IVF above)",
+    kind: str = option("auto", f"FAISS index kind (auto: exact below {AUTO_EXACT_MAX:,} items, IVF above, IVF-PQ re-ranked from disk "
+                                            f"once IVF's float32 vectors would pass {AUTO_COMPRESS_BYTES / 1024**3:g} GiB)",
                        choices=INDEX_KINDS)
     progress: bool = option(True, "progress bars while training")
     force: bool = option(False, "write the index even over an existing folder that is not an index (its files "

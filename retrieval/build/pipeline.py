@@ -148,7 +148,8 @@ def build_index(catalog_path: str | Path, interactions_path: str | Path | None, 
     IndexBundle.build(out_dir, item_ids=catalog.item_ids, modality_vectors=vectors,
                       generated={m: ~encoded.observed[m] for m in NAMES}, fused=augment_items(items, radius),
                       model_fingerprint=sha256_file(work_dir / MODEL_FILE), encoder_fingerprint=encoded.fingerprint,
-                      kind=options.kind, extra={**info.to_extra(), **arrays}, files={MODEL_FILE: work_dir / MODEL_FILE})
+                      kind=options.kind, extra={**info.to_extra(), **arrays}, files={MODEL_FILE: work_dir / MODEL_FILE},
+                      items=info.items.to_columns())
     log.info(f"done: {out_dir}")
     return out_dir
 

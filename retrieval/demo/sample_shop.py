@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from dgmrec_core.atomic import atomic_folder
 from dgmrec_core.errors import DataError
 from dgmrec_core.jsonfiles import read_json
 
@@ -132,29 +130,10 @@ def make_sample_shop(out_dir: str | Path, *, n_items: int = 3000, n_users: int =
     if out_dir.exists() and read_json(out_dir / "manifest.json") is None and any(out_dir.iterdir()):
         raise DataError(out_dir, "folder exists and is not a sample shop; refusing to replace it")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the shop is meant to be shared
-    try:
+    with atomic_folder(out_dir) as tmp:
         _build(tmp, n_items=n_items, n_users=n_users, seed=seed, image_size=image_size)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir
-
-
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``, moving an existing ``target`` aside first and deleting it after."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    old.rmdir()
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old)
 
 
 def _build(folder: Path, *, n_items: int, n_users: int, seed: int, image_size: int) -> None:

@@ -183,25 +183,9 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    embedding = getattr(model, "token_embedding", None)
-    sparse = [embedding.weight] if isinstance(embedding, torch.nn.Embedding) else []
-    dense = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not any(p is q for q in sparse)]
-    decays = [p.ndim >= 2 and "embedding" not in n for n, p in dense]
-    optimisers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
-        [{"params": [p for (_, p), d in zip(dense, decays) if d], "weight_decay": 0.1},
-         {"params": [p for (_, p), d in zip(dense, decays) if not d], "weight_decay": 0.0}],
-        lr=lr, betas=(0.9, 0.98), fused=device.type in ("cpu", "cuda"))]
-    if sparse:
-        optimisers.append(torch.optim.SparseAdam(sparse, lr=lr, betas=(0.9, 0.98)))
-    steps_per_epoch = len(_spans(len(images), batch_size))
-    total, warmup = epochs * steps_per_epoch, max(1, epochs * steps_per_epoch // 10)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimisers]
+    optimisers, embedding = _optimisers(model, device, lr)
+    schedules = _schedules(optimisers, epochs * len(_spans(len(images), batch_size)))
+    sparse = embedding is not None
     model.train()
     if sparse:
         embedding.sparse = True
@@ -235,6 +219,35 @@ def _train(model: torch.nn.Module, device: torch.device, images: list[Path], tex
         if flushing:
             torch.set_flush_denormal(False)
     return curve
+
+
+def _optimisers(model: torch.nn.Module, device: torch.device,
+                lr: float) -> tuple[list[torch.optim.Optimizer], torch.nn.Embedding | None]:
+    """AdamW (weight decay on matrices only) and, for the token embedding, a lazy SparseAdam; returns the
+    optimisers and the embedding that gets sparse gradients (None when the model has none)."""
+    embedding = getattr(model, "token_embedding", None)
+    sparse = [embedding.weight] if isinstance(embedding, torch.nn.Embedding) else []
+    dense = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not any(p is q for q in sparse)]
+    decays = [p.ndim >= 2 and "embedding" not in n for n, p in dense]
+    optimisers: list[torch.optim.Optimizer] = [torch.optim.AdamW(
+        [{"params": [p for (_, p), d in zip(dense, decays) if d], "weight_decay": 0.1},
+         {"params": [p for (_, p), d in zip(dense, decays) if not d], "weight_decay": 0.0}],
+        lr=lr, betas=(0.9, 0.98), fused=device.type in ("cpu", "cuda"))]
+    if sparse:
+        optimisers.append(torch.optim.SparseAdam(sparse, lr=lr, betas=(0.9, 0.98)))
+    return optimisers, embedding if sparse else None
+
+
+def _schedules(optimisers: list[torch.optim.Optimizer], total: int) -> list[torch.optim.lr_scheduler.LambdaLR]:
+    """Linear warm-up over the first tenth of ``total`` steps, then cosine decay to zero."""
+    warmup = max(1, total // 10)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimisers]
 
 
 def _text_view(text: str, rng: np.random.Generator) -> str:

@@ -3,14 +3,12 @@
 ``IndexBundle`` is the folder ``indexes/<name>/``: ``<modality>.faiss`` per modality (raw feature
 space, every item present, generated rows flagged), ``fused.faiss`` over fused item embeddings for
 recommendations, the completed features ``features_<modality>.npy``, the fused matrix ``items.npy``
-and ``meta.json`` (``retrieval.index.storage``: versions, lock, checksums).
+``meta.json`` (``retrieval.index.storage``: versions, lock, checksums) and the per-item data in
+segments ``items-<k>.json`` (``retrieval.index.itemfiles``), which appends add to without rewriting.
 """
 from __future__ import annotations
 
-import json
-import re
 import shutil
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,12 +19,12 @@ import numpy as np
 from dgmrec_core.atomic import sha256_file as _sha256
 from dgmrec_core.errors import DataError
 from dgmrec_core.jsonfiles import canonical
+from retrieval.index.itemfiles import Columns, check_columns, link_or_copy, read_segments, segment_name, write_segment
+from retrieval.index.payload import FUSED, check_new_ids, check_payload, files_to_copy, item_files, split_extra
 from retrieval.index.storage import (FORMAT_VERSION, META, IndexMismatch, check_sizes, current_bundle_version,
                                      read_meta, write_bundle)
-from retrieval.index.vectors import ADD_CHUNK, VectorIndex, check_matrix
+from retrieval.index.vectors import ADD_CHUNK, VectorIndex
 
-FUSED = "fused"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,7 @@ class IndexBundle:
         self.generated = {m: np.asarray(meta["generated"][m], dtype=bool) for m in meta["modalities"]}
         self._any_generated = np.any([self.generated[m] for m in meta["modalities"]], axis=0)
         self._rows: dict[str, int] | None = None
+        self._item_columns: Columns | None = None
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -117,6 +116,17 @@ class IndexBundle:
         """Fused item embeddings (n, d_fused), memory-mapped."""
         return np.load(self.path / "items.npy", mmap_mode="r")
 
+    @property
+    def has_item_files(self) -> bool:
+        """Whether the bundle stores per-item data in item files (bundles written before them do not)."""
+        return bool(self.meta.get("item_files"))
+
+    def item_columns(self) -> Columns | None:
+        """The per-item data (column name -> one value per row) from the item files; None without them."""
+        if self._item_columns is None and self.has_item_files:
+            self._item_columns = read_segments(self.folder, self.path, self.meta["item_files"], len(self))
+        return self._item_columns
+
     def extra_array(self, name: str) -> np.ndarray:
         """An extra array stored by ``build(extra={name: array})``."""
         if name not in self.meta["extra_arrays"]:
@@ -128,21 +138,23 @@ class IndexBundle:
     def build(cls, folder: str | Path, *, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
               generated: dict[str, np.ndarray], fused: np.ndarray, model_fingerprint: str,
               encoder_fingerprint: dict | str, kind: str = "auto", extra: dict | None = None,
-              files: dict[str, str | Path] | None = None) -> "IndexBundle":
+              files: dict[str, str | Path] | None = None, items: Columns | None = None) -> "IndexBundle":
         """Build every index and write the bundle to ``folder`` atomically (replacing any old one).
 
         ``modality_vectors[m]`` are the completed features (n, d_m) of modality m, ``generated[m]`` (n,)
         flags the rows the model generated. ``extra`` values that are numpy arrays are stored as
         ``extra_<key>.npy``; the rest (JSON-serialisable) goes into ``meta.json`` under "extra".
         ``files`` (bundle file name -> source path, e.g. the model checkpoint) are copied in and kept by
-        ``add_items``.
+        ``add_items``. ``items`` (column name -> one JSON value per item) is the per-item data, written
+        as the first item file.
         """
         folder = Path(folder)
         ids = [str(i) for i in item_ids]
-        _check_new_ids(folder, ids, existing=())
-        vectors, flags, fused = _check_payload(folder, ids, modality_vectors, generated, fused)
-        plain, arrays = _split_extra(folder, dict(extra or {}), encoder_fingerprint)
-        files = _files_to_copy(folder, files or {})
+        check_new_ids(folder, ids, existing=())
+        vectors, flags, fused = check_payload(folder, ids, modality_vectors, generated, fused)
+        plain, arrays = split_extra(folder, dict(extra or {}), encoder_fingerprint)
+        files = files_to_copy(folder, files or {})
+        items = None if items is None else check_columns(folder, items, len(ids))
         indexes = {m: VectorIndex.build(v, kind=kind) for m, v in vectors.items()}
         indexes[FUSED] = VectorIndex.build(fused, kind=kind)
         meta = {
@@ -159,6 +171,8 @@ class IndexBundle:
             "extra": plain,
             "extra_arrays": sorted(arrays),
             "files": sorted(files),
+            "item_files": [] if items is None else [segment_name(0)],
+            "item_columns": [] if items is None else list(items),
             "item_ids": ids,
             "generated": {m: f.tolist() for m, f in flags.items()},
         }
@@ -171,6 +185,8 @@ class IndexBundle:
                 np.save(tmp / f"extra_{key}.npy", arr)
             for name, src in files.items():
                 shutil.copy2(src, tmp / name)
+            if items is not None:
+                write_segment(tmp, segment_name(0), 0, items)
 
         meta, path = write_bundle(folder, meta, indexes, write)
         return cls(folder, meta, indexes, path)
@@ -204,7 +220,8 @@ class IndexBundle:
                 raise IndexMismatch(name, f"{key}.faiss has dimension {index.dim}, meta.json says {dims[key]}")
             indexes[key] = index
         for file in [*(f"features_{m}.npy" for m in meta["modalities"]), "items.npy",
-                     *(f"extra_{k}.npy" for k in meta["extra_arrays"]), *meta.get("files", ())]:
+                     *(f"extra_{k}.npy" for k in meta["extra_arrays"]), *meta.get("files", ()),
+                     *item_files(name, meta)]:
             if not (folder / file).is_file():
                 raise IndexMismatch(name, f"{file} is missing")
         check_sizes(name, folder, meta)
@@ -219,24 +236,35 @@ class IndexBundle:
 
     # ------------------------------------------------------------------ update
     def add_items(self, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
-                  generated: dict[str, np.ndarray], fused: np.ndarray, extra: dict | None = None) -> np.ndarray:
+                  generated: dict[str, np.ndarray], fused: np.ndarray, extra: dict | None = None,
+                  items: Columns | None = None, earlier_items: Columns | None = None) -> np.ndarray:
         """Append items to every index (no rebuild) and save the bundle atomically; return their rows.
 
-        ``extra`` (JSON-serialisable) replaces those keys of meta.json's "extra" (e.g. per-item lists).
+        ``extra`` (JSON-serialisable) replaces meta.json's "extra" (None: kept). ``items``: the new rows'
+        per-item data, written as one more item file (the earlier ones are linked, not rewritten); required
+        when the bundle has item files. ``earlier_items``: the data of the rows already in the bundle, for a
+        bundle written before item files (written as the first item file).
 
         Ids already in the bundle (or repeated) are refused with ``DataError``. If the save fails the
         bundle is reloaded from disk, so memory and disk stay in step.
         """
         ids = [str(i) for i in item_ids]
-        _check_new_ids(self.folder, ids, existing=self.item_ids)
-        vectors, flags, fused = _check_payload(self.folder, ids, modality_vectors, generated, fused,
-                                               expect_dims=self.dims, fused_dim=self.meta["fused_dim"])
+        check_new_ids(self.folder, ids, existing=self.item_ids)
+        vectors, flags, fused = check_payload(self.folder, ids, modality_vectors, generated, fused,
+                                              expect_dims=self.dims, fused_dim=self.meta["fused_dim"])
+        segments = self._new_segments(len(ids), items, earlier_items)
         old_n = len(self)
         meta = dict(self.meta)
         meta["item_ids"] = self.item_ids + ids
         meta["generated"] = {m: self.meta["generated"][m] + flags[m].tolist() for m in self.modalities}
         meta["count"] = len(meta["item_ids"])
-        meta["extra"] = {**self.meta["extra"], **(extra or {})}
+        if extra is not None:
+            meta["extra"], arrays = split_extra(self.folder, dict(extra), self.encoder_fingerprint)
+            if arrays:
+                raise DataError(self.folder, f"extra arrays ({', '.join(arrays)}) are written by build only",
+                                field="extra")
+        meta["item_files"] = [*self.meta.get("item_files", ()), *(name for name, _, _ in segments)]
+        meta["item_columns"] = list(segments[0][2]) if segments else self.meta.get("item_columns", [])
         meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for m, v in [*vectors.items(), (FUSED, fused)]:
             self.indexes[m].add(v)
@@ -246,10 +274,12 @@ class IndexBundle:
             for m, v in vectors.items():
                 _append_npy(source / f"features_{m}.npy", v, tmp / f"features_{m}.npy")
             _append_npy(source / "items.npy", fused, tmp / "items.npy")
-            for key in meta["extra_arrays"]:
-                shutil.copy2(source / f"extra_{key}.npy", tmp / f"extra_{key}.npy")
-            for name in meta.get("files", ()):
-                shutil.copy2(source / name, tmp / name)
+            unchanged = [*(f"extra_{key}.npy" for key in meta["extra_arrays"]), *meta.get("files", ()),
+                         *self.meta.get("item_files", ())]
+            for name in unchanged:
+                link_or_copy(source / name, tmp / name)
+            for name, first_row, columns in segments:
+                write_segment(tmp, name, first_row, columns)
 
         try:
             meta, self.path = write_bundle(self.folder, meta, self.indexes, write,
@@ -262,6 +292,25 @@ class IndexBundle:
         self._meta_sha = _sha256(self.path / META)
         self._set_meta(meta)
         return np.arange(old_n, len(self), dtype=np.int64)
+
+    def _new_segments(self, n_new: int, items: Columns | None, earlier: Columns | None
+                      ) -> list[tuple[str, int, Columns]]:
+        """The item files an append writes: (name, first row, columns), checked against the bundle's."""
+        done = list(self.meta.get("item_files", ()))
+        if items is None:
+            if done:
+                raise DataError(self.folder, "the bundle stores per-item data: give the new items' data",
+                                field="items")
+            return []
+        if done or not len(self):
+            return [(segment_name(len(done)), len(self),
+                     check_columns(self.folder, items, n_new, self.meta.get("item_columns") if done else None))]
+        if earlier is None:
+            raise DataError(self.folder, "the bundle has no item files yet: give the data of its items too",
+                            field="earlier_items")
+        earlier = check_columns(self.folder, earlier, len(self))
+        return [(segment_name(0), 0, earlier),
+                (segment_name(1), len(self), check_columns(self.folder, items, n_new, list(earlier)))]
 
     # ------------------------------------------------------------------ search
     def search(self, modality: str, query_vectors: np.ndarray, k: int, exclude_rows: Any = None) -> SearchHits:
@@ -297,83 +346,6 @@ class IndexBundle:
 
 
 # ---------------------------------------------------------------------- helpers
-def _split_extra(folder: Path, extra: dict[str, Any], encoder_fingerprint: dict | str
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """``extra``'s JSON values (checked serialisable, with the encoder fingerprint) and its arrays."""
-    arrays = {k: np.asarray(v) for k, v in extra.items() if isinstance(v, np.ndarray)}
-    for key in arrays:
-        if not _NAME.match(key):
-            raise DataError(folder, f"extra array name {key!r} must match {_NAME.pattern}", field="extra")
-    plain = {k: v for k, v in extra.items() if k not in arrays}
-    try:
-        json.dumps({"extra": plain, "encoder_fingerprint": encoder_fingerprint})
-    except (TypeError, ValueError) as exc:
-        raise DataError(folder, f"extra / encoder_fingerprint must be JSON-serialisable ({exc})") from exc
-    return plain, arrays
-
-
-def _files_to_copy(folder: Path, files: dict[str, str | Path]) -> dict[str, Path]:
-    """Bundle file name -> existing source file, each name a plain one that no bundle file of its own takes."""
-    out = {str(name): Path(src) for name, src in files.items()}
-    for name, src in out.items():
-        if Path(name).name != name or name == META or name.endswith((".faiss", ".npy")):
-            raise DataError(folder, f"bundle file name {name!r} must be a plain name, not {META}, "
-                                    f"*.faiss or *.npy", field="files")
-        if not src.is_file():
-            raise DataError(src, "file to copy into the bundle does not exist", field="files")
-    return out
-
-
-def _check_new_ids(folder: Path, ids: list[str], existing: Sequence[str]) -> None:
-    seen = set(existing)
-    dupes = sorted({i for i, c in Counter(ids).items() if c > 1 or i in seen})
-    if dupes:
-        shown = ", ".join(repr(d) for d in dupes[:5]) + (" ..." if len(dupes) > 5 else "")
-        where = "already in the bundle or repeated" if existing else "repeated"
-        raise DataError(folder, f"{len(dupes)} duplicate item id(s) {where}: {shown}", field="item_ids")
-
-
-def _check_payload(folder: Path, ids: list[str], modality_vectors: dict[str, np.ndarray],
-                   generated: dict[str, np.ndarray], fused: np.ndarray, *,
-                   expect_dims: dict[str, int] | None = None, fused_dim: int | None = None,
-                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """Validate per-modality vectors, generated flags and fused vectors against ``ids``."""
-    n = len(ids)
-    if not modality_vectors:
-        raise DataError(folder, "no modality vectors given", field="modality_vectors")
-    if expect_dims is not None and list(modality_vectors) != list(expect_dims):
-        if set(modality_vectors) != set(expect_dims):
-            raise DataError(folder, f"modalities {sorted(modality_vectors)} differ from the bundle's "
-                                    f"{sorted(expect_dims)}", field="modality_vectors")
-        modality_vectors = {m: modality_vectors[m] for m in expect_dims}
-    if set(generated) != set(modality_vectors):
-        raise DataError(folder, f"generated flags are for {sorted(generated)}, vectors for "
-                                f"{sorted(modality_vectors)}", field="generated")
-    vectors, flags = {}, {}
-    for m, v in modality_vectors.items():
-        if not _NAME.match(m) or m == FUSED:
-            raise DataError(folder, f"modality name {m!r} must match {_NAME.pattern} and not be "
-                                    f"{FUSED!r}", field="modality_vectors")
-        try:
-            v = check_matrix(v, f"vectors of {m!r}", None if expect_dims is None else expect_dims[m])
-        except DataError as exc:
-            raise DataError(folder, exc.problem, field=m) from exc
-        if len(v) != n:
-            raise DataError(folder, f"{len(v)} vectors of {m!r} for {n} item ids", field=m)
-        g = np.asarray(generated[m])
-        if g.shape != (n,) or g.dtype != bool:
-            raise DataError(folder, f"generated flags of {m!r} must be a bool array of shape ({n},), "
-                                    f"got {g.dtype} {g.shape}", field="generated")
-        vectors[m], flags[m] = v, g
-    try:
-        fused = check_matrix(fused, "fused vectors", fused_dim)
-    except DataError as exc:
-        raise DataError(folder, exc.problem, field="fused") from exc
-    if len(fused) != n:
-        raise DataError(folder, f"{len(fused)} fused vectors for {n} item ids", field="fused")
-    return vectors, flags, fused
-
-
 def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
     """Write ``source``'s rows followed by ``new`` to ``target`` without loading ``source`` whole."""
     old = np.load(source, mmap_mode="r")

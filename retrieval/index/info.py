@@ -1,19 +1,23 @@
 """What a bundle stores about its items and build beside the vectors, typed (DESIGN.md, "Bundle format").
 
-The build writes a :class:`BuildInfo` into meta.json's ``extra``; the engine, the page and the benchmarks
-read it back with :meth:`BuildInfo.from_extra`. The JSON keys are those of format version 1, so bundles
-written before these types load unchanged (``generation_eval`` may be absent there).
+The build writes a :class:`BuildInfo` into meta.json's ``extra`` and its :class:`ItemStore` into the
+bundle's item files (``retrieval.index.itemfiles``); the engine, the page and the benchmarks read both back
+with :meth:`BuildInfo.read`. The JSON keys are those of format version 1, so bundles written before these
+types load unchanged (``generation_eval`` may be absent there, and the item store sits in ``extra``).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrieval.catalog import Catalog
 from retrieval.encode.spec import EncoderSpec
 from retrieval.modalities import MODALITIES
+
+if TYPE_CHECKING:
+    from retrieval.index.bundle import IndexBundle
 
 MODEL_FILE = "model.pt"  # the bundle's own copy of the trained model
 FUSED_TRANSFORM = "dot-to-cosine"  # how fused item vectors sit in a cosine index (retrieval.index.fused)
@@ -33,7 +37,8 @@ def image_refs(paths: list[Path | None], folder: Path) -> list[str | None]:
 @dataclass
 class ItemStore:
     """Per item, in bundle row order: each modality's content (texts; image paths relative to the bundle
-    folder) and the catalog's other columns (``attributes``, e.g. title, colour)."""
+    folder) and the catalog's other columns (``attributes``, e.g. title, colour). Stored as the bundle's
+    item columns (one per modality and ``attributes``)."""
 
     contents: dict[str, list[Any]]
     attributes: list[dict[str, Any]]
@@ -51,11 +56,11 @@ class ItemStore:
         return ItemStore({m: self.contents[m] + other.contents[m] for m in self.contents},
                          self.attributes + other.attributes)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_columns(self) -> dict[str, list[Any]]:
         return {**self.contents, "attributes": self.attributes}
 
     @classmethod
-    def from_json(cls, value: dict[str, Any]) -> "ItemStore":
+    def from_columns(cls, value: dict[str, list[Any]]) -> "ItemStore":
         return cls({k: v for k, v in value.items() if k != "attributes"}, value["attributes"])
 
 
@@ -116,7 +121,8 @@ class TrainingRecord:
 class BuildInfo:
     """Everything a bundle records beside its vectors: the catalog(s), the items, the users, the encoder,
     the fused index's radius, the model file, the training run, the generation report and what was
-    skipped. Stored as meta.json's ``extra`` (with the user arrays as ``extra_<name>.npy``)."""
+    skipped. Stored as meta.json's ``extra`` (with the user arrays as ``extra_<name>.npy``), the items as
+    the bundle's item files."""
 
     catalog: str
     items: ItemStore
@@ -152,17 +158,25 @@ class BuildInfo:
         return {(Path(folder) / c).resolve().parent for c in [self.catalog, *self.catalogs] if c}
 
     def to_extra(self) -> dict[str, Any]:
-        """The JSON of meta.json's ``extra``."""
+        """The JSON of meta.json's ``extra`` (everything but the items)."""
         encoder = {**self.encoder.to_json(), **({"pretrained_file": True} if self.encoder_file else {})}
-        return {"catalog": self.catalog, "items": self.items.to_json(), "users": self.users,
+        return {"catalog": self.catalog, "users": self.users,
                 "encoder": encoder, **self.training.to_extra(), **self.report.to_extra(),
                 "skipped": self.skipped, "catalogs": self.catalogs,
                 "fused": {"transform": FUSED_TRANSFORM, "radius": self.radius}, "model_file": self.model_file}
 
     @classmethod
-    def from_extra(cls, extra: dict[str, Any]) -> "BuildInfo":
-        """Read meta.json's ``extra`` (any bundle of format version 1)."""
-        return cls(catalog=extra.get("catalog", ""), items=ItemStore.from_json(extra["items"]),
+    def read(cls, bundle: "IndexBundle") -> "BuildInfo":
+        """A bundle's info: meta.json's ``extra`` and the items from the item files (any bundle of format
+        version 1; those written before item files hold the same columns in ``extra["items"]``)."""
+        extra = bundle.meta["extra"]
+        columns = bundle.item_columns()
+        return cls.from_extra(extra, ItemStore.from_columns(extra["items"] if columns is None else columns))
+
+    @classmethod
+    def from_extra(cls, extra: dict[str, Any], items: ItemStore) -> "BuildInfo":
+        """Read meta.json's ``extra`` with the bundle's ``items``."""
+        return cls(catalog=extra.get("catalog", ""), items=items,
                    users=list(extra["users"]), encoder=EncoderSpec.from_json(extra["encoder"]),
                    radius=float(extra["fused"]["radius"]), training=TrainingRecord.from_extra(extra),
                    report=GenerationReport.from_extra(extra), skipped=list(extra.get("skipped", [])),

@@ -1,13 +1,25 @@
 """One FAISS index over L2-normalised vectors searched by inner product (cosine): ``VectorIndex``.
 
 Rows are item positions (int64, 0..n-1 in insertion order); FAISS assigns them itself, so no id map is
-needed. ``kind="auto"`` is exact (``IndexFlatIP``) below ``AUTO_EXACT_MAX`` rows and IVF above.
+needed. ``kind="auto"`` is exact (``IndexFlatIP``) below ``AUTO_EXACT_MAX`` rows, IVF above, and IVF-PQ
+("ivfpq", ``retrieval.index.compressed``) once IVF's float32 vectors (n x d x 4 bytes) would pass
+``AUTO_COMPRESS_BYTES`` (4 GiB: 2,097,152 rows at d = 512).
 
 Why IVF and not HNSW for large catalogs (benchmarks/RESULTS_retrieval_speed.md, 1,000,000 x 512
 clustered vectors, 2 shared cores): IVF with nlist = 4 sqrt(n) = 4000 and nprobe 64 gives recall@10
 0.9994 at 1.5 ms p50 per single query (exact search: 225 ms) and builds in 3-5 minutes; HNSW (M 32,
 efConstruction 40) took 4 minutes to build and reached only recall@10 0.87 at efSearch 256 on the same
 data. IVF also appends rows cheaply (no retraining).
+
+Why IVF-PQ with re-ranking from disk beyond that (benchmarks/RESULTS.md section 9, same generator,
+one build thread): an IVF-flat index holds every vector in memory, 20 GB at 10,000,000 x 512, more than
+this 24 GB machine can spare. "ivfpq" keeps 64-byte PQ codes in memory (nlist ~sqrt(n), nprobe 32) and
+re-scores the best ``DEFAULT_RERANK`` = 200 candidates exactly from a float16 file on disk. At 10M x 512:
+recall@10 0.996, 751 MB peak RSS for a process that loads and searches, build 15 min on one core;
+single-query p50 of a few ms cached and under 10 ms with every row read from disk (RESULTS.md section 9
+has the measured figures and the nprobe / candidate sweep). At 1M IVF-PQ's process holds 129 MB
+against IVF's 2.0 GB, at recall 0.995+ against 1.000. Below the threshold IVF stays: more exact, and
+its memory is affordable.
 """
 from __future__ import annotations
 
@@ -22,7 +34,9 @@ from tqdm import tqdm
 from dgmrec_core.atomic import atomic_path
 from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
-from retrieval.defaults import AUTO_EXACT_MAX, INDEX_KINDS as KINDS
+from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX
+from retrieval.defaults import INDEX_KINDS as KINDS
+from retrieval.index.compressed import RowStore, new_ivfpq, rerank, sidecar, train_size
 from retrieval.index.gpu import GpuMirror
 
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
@@ -31,6 +45,8 @@ KMEANS_ITERATIONS = 10
 TRAIN_POINTS_PER_LIST = 40  # IVF training sample: this many points per list (FAISS wants >= 39)
 SMALL_BATCH = 16  # searches of fewer queries run on one thread (lower latency, no OpenMP overhead)
 ADD_CHUNK = 100_000  # rows normalised and added per step (bounds the extra memory of a build)
+DEFAULT_RERANK = 200  # "ivfpq": candidates per query re-scored with the full vectors ...
+IVFPQ_NPROBE = 32  # ... and its lists probed: at 10M recall@10 0.996 (64 lists, 100 candidates: 0.981)
 
 
 def _threads(n_queries: int | None) -> None:
@@ -58,32 +74,71 @@ def check_matrix(vectors: Any, what: str, dim: int | None = None) -> np.ndarray:
     return arr
 
 
+def auto_kind(n: int, d: int) -> str:
+    """Kind "auto": exact below ``AUTO_EXACT_MAX`` rows; IVF while its float32 vectors (n x d x 4 bytes)
+    fit in ``AUTO_COMPRESS_BYTES``; IVF-PQ with re-ranking from disk above."""
+    if n < AUTO_EXACT_MAX:
+        return "flat"
+    return "ivf" if n * d * 4 <= AUTO_COMPRESS_BYTES else "ivfpq"
+
+
+def _trained_ivf(x: np.ndarray, kind: str, nlist: int | None, nprobe: int | None, seed: int) -> faiss.IndexIVF:
+    """An IVF-flat or IVF-PQ index trained on a seeded sample of ``x`` (see ``VectorIndex.build``)."""
+    n, d = x.shape
+    if n == 0:
+        raise DataError(None, f"an {kind.upper()} index needs at least one vector to train on")
+    if nlist is None:
+        nlist = min(round((1 if kind == "ivfpq" else 4) * math.sqrt(n)), n // 39)
+    nlist = max(1, min(nlist, n))
+    if kind == "ivfpq":
+        index = new_ivfpq(d, n, nlist, seed, KMEANS_ITERATIONS)
+        n_train = train_size(n, nlist, TRAIN_POINTS_PER_LIST)
+    else:
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.cp.niter = KMEANS_ITERATIONS
+        index.cp.spherical = True
+        n_train = min(n, TRAIN_POINTS_PER_LIST * nlist)
+    index.nprobe = min(nlist, nprobe or (IVFPQ_NPROBE if kind == "ivfpq" else DEFAULT_NPROBE))
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else slice(None)
+    index.train(normalise(x[sample]))
+    return index
+
+
 class VectorIndex:
     """One FAISS inner-product index over L2-normalised vectors; rows are int64 item positions."""
 
-    def __init__(self, index: faiss.Index) -> None:
+    def __init__(self, index: faiss.Index, store: RowStore | None = None, *, rerank: int = DEFAULT_RERANK) -> None:
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError("VectorIndex needs an inner-product FAISS index")
+        if isinstance(index, faiss.IndexIVFPQ) != (store is not None):
+            raise ValueError("an IVF-PQ index needs the store of its full vectors, other kinds none")
         self._index = index
-        self._gpu = GpuMirror()  # searches on a GPU copy where faiss has a GPU (retrieval/index/gpu.py)
+        self._store = store
+        self._gpu = GpuMirror()  # flat, IVF: searched on a GPU copy where faiss has a GPU (retrieval/index/gpu.py)
+        self._rerank = max(1, int(rerank))
 
     @classmethod
     def build(cls, vectors: np.ndarray, *, kind: str = "auto", nlist: int | None = None,
               nprobe: int | None = None, hnsw_m: int = 32, ef_search: int = DEFAULT_EF_SEARCH,
-              ef_construction: int = 40, seed: int = 0) -> "VectorIndex":
-        """Index ``vectors`` (n, d). ``kind``: "flat" (exact), "ivf", "hnsw" or "auto".
+              ef_construction: int = 40, seed: int = 0, rerank: int = DEFAULT_RERANK) -> "VectorIndex":
+        """Index ``vectors`` (n, d). ``kind``: "flat" (exact), "ivf", "ivfpq", "hnsw" or "auto".
 
-        "auto" is "flat" below ``AUTO_EXACT_MAX`` rows, else "ivf". IVF uses ``nlist`` lists
-        (default ~4 sqrt(n), at most n/39), trained by seeded spherical k-means on a seeded sample of
-        40 points per list, and probes ``nprobe`` lists per query (default ``DEFAULT_NPROBE``).
+        "auto": see ``auto_kind``. IVF uses ``nlist`` lists (default ~4 sqrt(n), at most n/39; "ivfpq"
+        ~sqrt(n)), trained by seeded spherical k-means on a seeded sample of 40 points per list, and
+        probes ``nprobe`` lists per query (default ``DEFAULT_NPROBE``, "ivfpq" ``IVFPQ_NPROBE``). "ivfpq"
+        re-ranks ``rerank`` candidates per query with the full vectors (not saved: a loaded index has
+        ``DEFAULT_RERANK``); until ``save`` it reads them from ``vectors`` itself (kept by reference,
+        not copied: a memory map stays on disk).
         """
         if kind not in KINDS:
             raise ValueError(f"unknown index kind {kind!r}; expected one of {', '.join(KINDS)}")
         x = check_matrix(vectors, "vectors")
         n, d = x.shape
-        if kind == "auto":
-            kind = "flat" if n < AUTO_EXACT_MAX else "ivf"
+        kind = auto_kind(n, d) if kind == "auto" else kind
         _threads(None)
+        store = None
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
         elif kind == "hnsw":
@@ -91,22 +146,12 @@ class VectorIndex:
             index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
         else:
-            if n == 0:
-                raise DataError(None, "an IVF index needs at least one vector to train on")
-            if nlist is None:
-                nlist = min(round(4 * math.sqrt(n)), n // 39)
-            nlist = max(1, min(nlist, n))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.cp.seed = seed
-            index.cp.niter = KMEANS_ITERATIONS
-            index.cp.spherical = True
-            index.nprobe = min(nlist, nprobe or DEFAULT_NPROBE)
-            rng = np.random.default_rng(seed)
-            n_train = min(n, TRAIN_POINTS_PER_LIST * nlist)
-            sample = np.sort(rng.choice(n, n_train, replace=False)) if n_train < n else slice(None)
-            index.train(normalise(x[sample]))
-        out = cls(index)
-        out._append(x)
+            index = _trained_ivf(x, kind, nlist, nprobe, seed)
+            store = RowStore([], d) if kind == "ivfpq" else None
+        out = cls(index, store, rerank=rerank)
+        out._append(x, keep=False)
+        if store is not None:
+            store._set([x])  # re-rank from the caller's rows (normalised on read) until saved
         return out
 
     @classmethod
@@ -121,15 +166,24 @@ class VectorIndex:
             raise DataError(path, f"not a readable FAISS index ({str(exc).splitlines()[-1][:200]})") from exc
         if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise DataError(path, "FAISS index does not use inner-product search")
+        if isinstance(index, faiss.IndexIVFPQ):
+            return cls(index, RowStore.load(sidecar(path), int(index.ntotal), int(index.d)))
         return cls(index)
 
     def save(self, path: str | Path) -> None:
-        """Write the index atomically (temp file beside ``path``, then rename)."""
+        """Write the index atomically (temp file beside ``path``, then rename).
+
+        "ivfpq" first writes its full vectors to ``<path>.vectors.npy`` (also atomically), then the index.
+        """
+        if self._store is not None:
+            self._store.write(sidecar(path))
         with atomic_path(path) as tmp:
             faiss.write_index(self._index, str(tmp))
 
     @property
     def kind(self) -> str:
+        if isinstance(self._index, faiss.IndexIVFPQ):
+            return "ivfpq"
         if isinstance(self._index, faiss.IndexIVF):
             return "ivf"
         if isinstance(self._index, faiss.IndexHNSW):
@@ -146,7 +200,10 @@ class VectorIndex:
 
     @property
     def params(self) -> dict[str, int]:
-        """Search-time parameters of the approximate kinds (nlist/nprobe, M/efSearch)."""
+        """Search-time parameters of the approximate kinds (nlist/nprobe, PQ m/nbits/rerank, M/efSearch)."""
+        if isinstance(self._index, faiss.IndexIVFPQ):
+            return {"nlist": int(self._index.nlist), "nprobe": int(self._index.nprobe),
+                    "m": int(self._index.pq.M), "nbits": int(self._index.pq.nbits), "rerank": self._rerank}
         if isinstance(self._index, faiss.IndexIVF):
             return {"nlist": int(self._index.nlist), "nprobe": int(self._index.nprobe)}
         if isinstance(self._index, faiss.IndexHNSW):
@@ -154,9 +211,12 @@ class VectorIndex:
         return {}
 
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
-                          max_codes: int | None = None) -> None:
+                          max_codes: int | None = None, rerank: int | None = None) -> None:
         """Trade speed for recall at search time (IVF ``nprobe``, HNSW ``ef_search``; IVF ``max_codes``: the
-        most rows one query scans, so a list holding most rows, e.g. of near-identical vectors, is cut)."""
+        most rows one query scans, so a list holding most rows, e.g. of near-identical vectors, is cut;
+        "ivfpq" ``rerank``: candidates re-scored with the full vectors)."""
+        if rerank is not None:
+            self._rerank = max(1, int(rerank))
         if nprobe is not None and isinstance(self._index, faiss.IndexIVF):
             self._index.nprobe = max(1, min(nprobe, self._index.nlist))
         if max_codes is not None and isinstance(self._index, faiss.IndexIVF):
@@ -169,13 +229,17 @@ class VectorIndex:
         x = check_matrix(vectors, "vectors", self.dim)
         start = self.ntotal
         _threads(None)
-        self._append(x)
+        self._append(x, keep=True)
         return np.arange(start, self.ntotal, dtype=np.int64)
 
-    def _append(self, x: np.ndarray) -> None:
+    def _append(self, x: np.ndarray, *, keep: bool) -> None:
+        """Add ``x`` in chunks; ``keep``: also copy them into the re-rank store ("ivfpq")."""
         for s in tqdm(range(0, len(x), ADD_CHUNK), desc=f"indexing ({self.kind})", unit="chunk",
                       disable=len(x) <= ADD_CHUNK):
-            self._index.add(normalise(x[s:s + ADD_CHUNK]))
+            chunk = normalise(x[s:s + ADD_CHUNK])
+            self._index.add(chunk)
+            if keep and self._store is not None:
+                self._store.append(chunk)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine neighbours of ``queries`` (q, d) or (d,): ``(scores, rows)``, both (q, k').
@@ -191,7 +255,10 @@ class VectorIndex:
         before = faiss.omp_get_max_threads()  # OpenMP is shared with torch: restore it afterwards
         _threads(len(q))
         try:
-            scores, rows = self._gpu.searcher(self._index).search(normalise(q), k)
+            if self._store is not None:
+                scores, rows = rerank(self._index, self._store, normalise(q), k, self._rerank)
+            else:
+                scores, rows = self._gpu.searcher(self._index).search(normalise(q), k)
         finally:
             faiss.omp_set_num_threads(before)
         scores[rows < 0] = -np.inf

@@ -105,7 +105,7 @@ class SearchEngine:
         """
         folder = Path(index_dir)
         bundle = IndexBundle.load(folder)
-        info = BuildInfo.from_extra(bundle.meta["extra"])
+        info = BuildInfo.read(bundle)
         path = Path(model_path) if model_path is not None else bundle.path / info.model_file
         if not path.is_file():
             raise IndexMismatch(folder, f"model checkpoint {path} does not exist")
@@ -130,7 +130,7 @@ class SearchEngine:
         """What the bundle records beside its vectors (read again when the bundle's meta.json changed)."""
         meta = self.bundle.meta
         if self._info is None or self._info[0] is not meta:
-            self._info = (meta, BuildInfo.from_extra(meta["extra"]))
+            self._info = (meta, BuildInfo.read(self.bundle))
         return self._info[1]
 
     @property

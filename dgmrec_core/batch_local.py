@@ -1,0 +1,125 @@
+"""Batch-local training (docs/DESIGN.md, "Batch-local training", deviation 5).
+
+The paper's code recomputes every item's modality representations on every batch: the encoders over all
+raw features, the preference filters, the kNN propagation and the users' means. Here a batch computes
+them only for its own distinct items C (positives and negatives) and users B:
+
+- g, s and f for the rows C (the encoders' cost now grows with the batch, not the catalog);
+- each propagation layer at C as ``A[C, :] @ H``, where H is the previous layer with C's fresh rows
+  and every other row read from a cache (``A[C,:] @ cache + A[C,C] @ (fresh - cache[C])``), so the
+  gradient flows through C's rows;
+- the users' means at B the same way, from the propagated layer;
+- the catalog's mean preference (the contrastive generator's specific input) from the cache.
+
+The cache holds every layer of every item; it is filled by one whole-catalog pass per epoch (after the
+generation and graph refresh, which need every item anyway) and each batch writes its fresh rows back.
+The collaborative (LightGCN) propagation stays whole-graph and exact: it is sparse, O(interactions x d),
+and a small share of the cost. Untrained items never enter a batch (the sampler draws trained items),
+so the content-neighbour fill of their IDs is not needed while training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .generator import catalog_mean
+from .graphs import column_block, csr_rows, sparse_product
+from .lightgcn import Parts
+
+
+@dataclass
+class LocalBatch:
+    """A BPR batch's distinct users and items (global ids, sorted) and its triples as positions among them."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+    user_rows: torch.Tensor
+    pos_rows: torch.Tensor
+    neg_rows: torch.Tensor
+
+    @classmethod
+    def of(cls, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> "LocalBatch":
+        distinct_users, user_rows = torch.unique(users, return_inverse=True)
+        items, item_rows = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        return cls(distinct_users, items, user_rows, item_rows[: len(pos)], item_rows[len(pos):])
+
+
+@dataclass
+class PropagationCache:
+    """Per modality, every propagation layer (0..n_mm_layers) of the filtered general (``g``) and specific
+    (``s``) parts of every item, and the catalog's mean preference ``pref``; detached."""
+
+    g: list[list[torch.Tensor]] = field(default_factory=list)
+    s: list[list[torch.Tensor]] = field(default_factory=list)
+    pref: list[torch.Tensor] = field(default_factory=list)
+
+    def write(self, batch: LocalBatch, fresh: "PropagationCache") -> None:
+        """Write the batch's fresh layers (rows ``batch.items``) into the cache."""
+        with torch.no_grad():
+            for cached, new in ((self.g, fresh.g), (self.s, fresh.s)):
+                for layers, new_layers in zip(cached, new):
+                    for layer, rows in zip(layers, new_layers):
+                        layer[batch.items] = rows.detach()
+
+
+@torch.no_grad()
+def fill_cache(model) -> PropagationCache:
+    """The cache from one whole-catalog pass of ``model`` (a DGMRec)."""
+    cache = PropagationCache()
+    f = model.item_filters()
+    for m in range(model.n_modalities):
+        x = model.features(m)
+        for kind, part in (("g", model.general(m, x)), ("s", model.specific(m, x))):
+            layers = [f[m] * part]
+            for _ in range(model.config.n_mm_layers):
+                layers.append(model.product(f"mm_{m}", layers[-1]))
+            getattr(cache, kind).append(layers)
+        cache.pref.append(catalog_mean(f[m]))
+    return cache
+
+
+def _propagate(graph_rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tensor, cached: list[torch.Tensor],
+               items: torch.Tensor) -> list[torch.Tensor]:
+    """Layers 0..L at the rows ``items`` from layer 0 ``fresh``: layer l+1 = A[C,:] @ (layer l with C fresh)."""
+    layers = [fresh]
+    for level in range(len(cached) - 1):
+        layers.append(torch.sparse.mm(graph_rows, cached[level]) +
+                      sparse_product(block, layers[-1] - cached[level][items]))
+    return layers
+
+
+def _to_users(users_rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tensor, cached: torch.Tensor,
+              items: torch.Tensor) -> torch.Tensor:
+    """The users' means of the propagated layer, with the batch items' fresh rows."""
+    return torch.sparse.mm(users_rows, cached) + sparse_product(block, fresh - cached[items])
+
+
+def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Parts, PropagationCache]:
+    """``model``'s parts at the batch's rows (users ``batch.users``, items ``batch.items``) and the fresh
+    layers to write back into ``cache`` once the loss is built."""
+    e_u, e_i = model.cf_embeddings()
+    parts = Parts(e_u[batch.users], e_i[batch.items])
+    fresh = PropagationCache()
+    items = batch.items
+    item_users = csr_rows(model.graphs["item_mean"], items)
+    user_items = csr_rows(model.graphs["user_mean"], batch.users)
+    user_block = column_block(user_items, items)
+    for m in range(model.n_modalities):
+        x = model.features(m)[items]
+        g, s = model.general(m, x), model.specific(m, x)
+        f = sparse_product(item_users, model.user_filter(m))
+        graph_rows = csr_rows(model.graphs[f"mm_{m}"], items)
+        block = column_block(graph_rows, items)
+        g_layers = _propagate(graph_rows, block, f * g, cache.g[m], items)
+        s_layers = _propagate(graph_rows, block, f * s, cache.s[m], items)
+        fresh.g.append(g_layers)
+        fresh.s.append(s_layers)
+        parts.g.append(g)
+        parts.s.append(s)
+        parts.f.append(f)
+        parts.gf.append(g_layers[-1])
+        parts.sf.append(s_layers[-1])
+        parts.gu.append(_to_users(user_items, user_block, g_layers[-1], cache.g[m][-1], items))
+        parts.su.append(_to_users(user_items, user_block, s_layers[-1], cache.s[m][-1], items))
+    return parts, fresh
