@@ -3,9 +3,9 @@
     python benchmarks/train_distributed.py [--epochs 15] [--eval-every 3] [--processes 2] [--cores 2]
         [--baseline-threads 1] [--seed-spread 2025]
 
-Trains the paper-exact mode on the shared MovieLens data (2/3 missing, the shipped mask) for a fixed
-number of epochs (no early stopping, same seed) twice on the same cores: one process with
-``--baseline-threads`` torch threads (default ``--cores``), then ``torchrun --nproc_per_node P`` with
+Trains (``--mode``, paper-exact by default) on the shared MovieLens data (2/3 missing, the shipped
+mask) for a fixed number of epochs (no early stopping, same seed) twice on the same cores: one process
+with ``--baseline-threads`` torch threads (default ``--cores``), then ``torchrun --nproc_per_node P`` with
 ``--cores / P`` threads each. Prints the two validation Recall@20 curves side by side, their largest
 difference and the wall-time ratio, and merges one record per run into benchmarks/results/scale.json
 (``scale_records.merge_records``). ``--seed-spread S`` also trains one process with seed S: how far two
@@ -49,7 +49,7 @@ def child(args: argparse.Namespace) -> None:
     ctx = distributed.init("cpu")
     dataset = load_mmrec(args.data)
     config = replace(DGMRecConfig(), epochs=args.epochs, eval_every=args.eval_every, patience=10**6,
-                     gen_refit_steps=0, seed=args.seed)
+                     gen_refit_steps=0, seed=args.seed, training_mode=args.mode)
     t0 = time.perf_counter()
     result = fit(dataset, config, progress=False, device=ctx.device)
     wall = time.perf_counter() - t0
@@ -73,7 +73,7 @@ def _launch(args: argparse.Namespace, processes: int, threads: int, result: Path
     """Run the child in ``processes`` processes (torchrun when more than one); its result and wall time."""
     script = [str(Path(__file__).resolve()), "--child", "--result", str(result), "--data", str(args.data),
               "--epochs", str(args.epochs), "--eval-every", str(args.eval_every), "--seed", str(seed),
-              "--threads", str(threads)]
+              "--threads", str(threads), "--mode", args.mode]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     cmd = (launcher if processes > 1 else [sys.executable]) + script
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
@@ -90,7 +90,7 @@ def _launch(args: argparse.Namespace, processes: int, threads: int, result: Path
 
 
 def _records(runs: list[dict], args: argparse.Namespace) -> list[dict]:
-    return [{"kind": "training", "dataset": "ml100k", "mode": "paper-exact", "threads": r["threads"],
+    return [{"kind": "training", "dataset": "ml100k", "mode": args.mode, "threads": r["threads"],
              "processes": r["processes"], "seed": r["seed"], "sec_per_epoch": round(r["sec_per_epoch"], 3),
              "peak_rss_mb": round(r["peak_rss_mb"]), "peak_rss_mb_all_processes": round(r["peak_rss_mb_all_processes"]),
              "recall@20": r["recall@20"], "curve": r["curve"], "epochs": args.epochs, "eval_every": args.eval_every,
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--eval-every", type=int, default=3)
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--mode", choices=("paper-exact", "batch-local"), default="paper-exact",
+                        help="training mode (DGMRecConfig.training_mode)")
     parser.add_argument("--processes", type=int, default=2, help="processes of the data-parallel run")
     parser.add_argument("--cores", type=int, default=2, help="torch threads in all, shared by the processes")
     parser.add_argument("--baseline-threads", type=int, help="threads of the 1-process run (default --cores)")
