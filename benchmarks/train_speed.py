@@ -72,23 +72,29 @@ def peak_mb() -> float:
 
 
 def synthetic(shape: Shape, seed: int = 0) -> Dataset:
-    """Long-tailed interactions and clustered features with the paper's 2/3 missing protocol."""
+    """``shape.n_inter`` long-tailed training interactions (a quarter as many again for validation and test)
+    and clustered features with the paper's 2/3 missing protocol."""
     rng = np.random.default_rng(seed)
     n_users, n_items, n_inter = shape.n_users, shape.n_items, shape.n_inter
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # long tail, as in Amazon categories
     popularity = popularity[rng.permutation(n_items)] / popularity.sum()
     users = np.concatenate([np.arange(n_users), rng.integers(0, n_users, size=2 * n_inter)])
     items = np.concatenate([rng.integers(0, n_items, size=n_users), rng.choice(n_items, size=2 * n_inter, p=popularity)])
+    total = n_inter + n_inter // 4  # n_inter training pairs, then a tenth of the whole each for valid and test
     _, first = np.unique(users.astype(np.int64) * n_items + items, return_index=True)
-    keep = np.sort(first)[:n_inter]  # the first n_inter distinct pairs (every user among them)
-    inter = build_interactions(users[keep].astype(str), items[keep].astype(str), seed=seed,
+    keep = np.sort(first)[:total]  # the first distinct pairs: one per user first, so every user trains
+    splits = np.zeros(len(keep), dtype=np.int64)
+    splits[n_inter:] = 1 + np.arange(len(keep) - n_inter) % 2
+    inter = build_interactions(users[keep].astype(str), items[keep].astype(str), splits=splits, seed=seed,
                                item_ids=[str(i) for i in range(n_items)])
     observed = make_missing_mask(n_items, len(shape.dims), 2 / 3, seed)
     assign = rng.integers(0, 256, size=n_items)
     modalities = []
     for m, dim in enumerate(shape.dims):
         centres = rng.normal(size=(256, dim)).astype(np.float32)
-        values = centres[assign] + rng.normal(scale=0.5, size=(n_items, dim)).astype(np.float32)
+        values = rng.standard_normal(size=(n_items, dim), dtype=np.float32)  # float32 throughout: 1M rows
+        values *= 0.5
+        values += centres[assign]
         modalities.append(Modality(("image", "text")[m], values, observed[:, m].copy()))
     return Dataset(inter, modalities, name="synthetic")
 
