@@ -49,3 +49,16 @@ def make_toy_dataset(n_users: int = 40, n_items: int = 60, dims: tuple[int, ...]
         values = (centres[item_cluster] + rng.normal(size=(n_items, d))).astype(np.float32)
         modalities.append(Modality(["image", "text", "audio"][m], values, observed[:, m].copy()))
     return Dataset(inter, modalities, name="toy")
+
+
+def write_toy_files(folder, dataset) -> None:
+    """``dataset`` as files a user would give: inter.csv (user_id, item_id, timestamp; items named i000..,
+    in sorted-id order) and one <modality>.npy of features per modality."""
+    import numpy as np
+
+    inter = dataset.interactions
+    pairs = np.concatenate([inter.train, inter.valid, inter.test])
+    lines = ["user_id,item_id,timestamp"] + [f"u{u},i{i:03d},{t}" for t, (u, i) in enumerate(pairs)]
+    (folder / "inter.csv").write_text("\n".join(lines) + "\n")
+    for mod in dataset.modalities:
+        np.save(folder / f"{mod.name}.npy", mod.values)

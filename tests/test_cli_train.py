@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from conftest import make_toy_dataset
+from conftest import make_toy_dataset, write_toy_files
 from dgmrec_core.interactions import UnseenInTrainingWarning
 from dgmrec_core.masking import load_mask
 from ui.cli import main
@@ -19,12 +19,7 @@ FAST = ["--epochs", "2", "--batch-size", "128", "--knn-k", "5"]
 def files(tmp_path):
     """interactions.csv + image.npy + text.npy of the toy catalog, items in sorted-id order."""
     dataset = make_toy_dataset()
-    inter = dataset.interactions
-    pairs = np.concatenate([inter.train, inter.valid, inter.test])
-    lines = ["user_id,item_id,timestamp"] + [f"u{u},i{i:03d},{t}" for t, (u, i) in enumerate(pairs)]
-    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
-    for mod in dataset.modalities:
-        np.save(tmp_path / f"{mod.name}.npy", mod.values)
+    write_toy_files(tmp_path, dataset)
     return tmp_path
 
 

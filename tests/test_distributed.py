@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_toy_dataset
+from conftest import make_toy_dataset, write_toy_files
 from dgmrec_core.distributed import resolve_device, shard_of
 from dgmrec_core.errors import DataError
 from dgmrec_core.trainer import REPLICATE_ENV
@@ -29,12 +29,7 @@ TOLERANCE = 0.1
 @pytest.fixture()
 def files(tmp_path: Path) -> Path:
     dataset = make_toy_dataset(n_users=60, n_items=80)
-    inter = dataset.interactions
-    pairs = np.concatenate([inter.train, inter.valid, inter.test])
-    lines = ["user_id,item_id,timestamp"] + [f"u{u},i{i:03d},{t}" for t, (u, i) in enumerate(pairs)]
-    (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
-    for mod in dataset.modalities:
-        np.save(tmp_path / f"{mod.name}.npy", mod.values)
+    write_toy_files(tmp_path, dataset)
     return tmp_path
 
 
