@@ -10,7 +10,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 # Fields that identify a record of each kind; a new record with the same values replaces the old one.
-KEYS = {"training": ("dataset", "mode", "threads", "processes", "seed"),
+KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed"),
         "index": ("dataset", "index", "threads")}
 
 

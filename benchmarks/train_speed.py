@@ -181,7 +181,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             reference = REFERENCE_S_PER_EPOCH.get(name, {}).get(threads)
-            record = {"kind": "training", "dataset": name, "mode": mode, "threads": threads, "processes": 1,
+            record = {"kind": "training", "benchmark": "benchmarks/train_speed.py", "dataset": name, "mode": mode,
+                      "threads": threads, "processes": 1,
                       "seed": args.seed, **result, "reference_s_per_epoch": reference,
                       "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
             records.append(record)
