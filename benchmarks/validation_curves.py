@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from dgmrec_core.atomic import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-COLOURS = {"lightgcn": "tab:gray", "dgmrec": "tab:blue"}
+COLOURS = {"lightgcn": "tab:gray", "dgmrec": "tab:blue", "dgmrec-batch-local": "tab:orange"}
 
 
 def plot_validation_curves(records: list[dict], out: Path, models: tuple[str, ...] = ("lightgcn", "dgmrec")) -> Path:

@@ -80,13 +80,14 @@ class DGMRecConfig:
                                                        "weighted mean of their trained neighbours' in the modality "
                                                        "kNN graphs; 'paper': their ID embedding stays at its random "
                                                        "initialisation, as in the paper's code")
-    training_mode: str = option("paper-exact", "what a training batch computes: 'paper-exact' (the paper's code: "
+    training_mode: str = option("auto", "what a training batch computes: 'paper-exact' (the paper's code: "
                                                "every item's modality representations on every batch), "
                                                "'batch-local' (docs/DESIGN.md 'Batch-local training': only the "
                                                "batch's items and users, other rows read from a cache refreshed "
                                                "each epoch; per-batch cost grows with the batch, not the "
-                                               "catalog) or 'auto' (batch-local when the catalog has more items "
-                                               "than a batch can touch, 2 x batch_size)")
+                                               "catalog) or 'auto' (the default: batch-local when the catalog has "
+                                               "more items than a batch can touch, 2 x batch_size, else "
+                                               "paper-exact)")
     generation: bool = option(True, "generate missing features each epoch (off = the no-generation baseline: "
                                     "features stay imputed)")
     use_modalities: bool = option(True, "off = plain LightGCN baseline (no modality branch at all)")

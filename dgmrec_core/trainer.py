@@ -106,8 +106,11 @@ RESUMABLE = ("epochs",)  # options a resumed run may change (e.g. to train longe
 
 
 def config_changes(saved: dict[str, Any], config: DGMRecConfig) -> str:
-    """'' when ``config`` matches the ``saved`` config dict, else the differing keys as 'key: old -> new'."""
+    """'' when ``config`` matches the ``saved`` config dict, else the differing keys as 'key: old -> new'.
+
+    An option the saved config lacks (a checkpoint older than the option) matches its default."""
     wanted = config.to_dict()
+    saved = {**DGMRecConfig().to_dict(), **saved}
     keys = sorted(k for k in set(saved) | set(wanted) if k not in RESUMABLE and saved.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys)
 

@@ -136,3 +136,12 @@ def test_cli_train_on_single_interactions_saves_a_model(tmp_path, capsys) -> Non
     assert (tmp_path / "run" / "model.pt").exists()
     printed = capsys.readouterr()
     assert "epoch 4: loss" in printed.out + printed.err and "valid recall@20" not in printed.out + printed.err
+
+
+def test_a_checkpoint_older_than_an_option_resumes_with_its_default() -> None:
+    from dgmrec_core.trainer import config_changes
+
+    saved = DGMRecConfig().to_dict()
+    del saved["training_mode"]  # written before the option existed
+    assert config_changes(saved, DGMRecConfig()) == ""
+    assert "training_mode" in config_changes(saved, replace(DGMRecConfig(), training_mode="batch-local"))
