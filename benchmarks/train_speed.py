@@ -79,7 +79,8 @@ def synthetic(shape: Shape, seed: int = 0) -> Dataset:
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.8  # long tail, as in Amazon categories
     popularity = popularity[rng.permutation(n_items)] / popularity.sum()
     users = np.concatenate([np.arange(n_users), rng.integers(0, n_users, size=2 * n_inter)])
-    items = np.concatenate([rng.integers(0, n_items, size=n_users), rng.choice(n_items, size=2 * n_inter, p=popularity)])
+    items = np.concatenate([rng.integers(0, n_items, size=n_users),
+                            rng.choice(n_items, size=2 * n_inter, p=popularity)])
     total = n_inter + n_inter // 4  # n_inter training pairs, then a tenth of the whole each for valid and test
     _, first = np.unique(users.astype(np.int64) * n_items + items, return_index=True)
     keep = np.sort(first)[:total]  # the first distinct pairs: one per user first, so every user trains

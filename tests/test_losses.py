@@ -82,5 +82,6 @@ def test_decoded_mse_equals_mse_of_the_decoded_rows() -> None:
     z, x = torch.randn(15, 6), torch.randn(15, 200)
     fast, slow = decoded_mse(layer, z, x), F.mse_loss(layer(z), x)
     assert torch.allclose(fast, slow, atol=1e-5)
-    for a, b in zip(torch.autograd.grad(fast, list(layer.parameters())), torch.autograd.grad(slow, list(layer.parameters()))):
+    params = list(layer.parameters())
+    for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(slow, params)):
         assert torch.allclose(a, b, atol=1e-5)
