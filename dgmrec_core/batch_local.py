@@ -79,20 +79,20 @@ def fill_cache(model) -> PropagationCache:
     return cache
 
 
+def _with_fresh_rows(rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tensor, cached: torch.Tensor,
+                     items: torch.Tensor) -> torch.Tensor:
+    """``rows @ H`` where H is ``cached`` with the rows ``items`` replaced by ``fresh`` (``block``: the columns
+    ``items`` of ``rows``), without building H: the gradient flows through ``fresh`` only."""
+    return torch.sparse.mm(rows, cached) + sparse_product(block, fresh - cached[items])
+
+
 def _propagate(graph_rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tensor, cached: list[torch.Tensor],
                items: torch.Tensor) -> list[torch.Tensor]:
     """Layers 0..L at the rows ``items`` from layer 0 ``fresh``: layer l+1 = A[C,:] @ (layer l with C fresh)."""
     layers = [fresh]
     for level in range(len(cached) - 1):
-        layers.append(torch.sparse.mm(graph_rows, cached[level]) +
-                      sparse_product(block, layers[-1] - cached[level][items]))
+        layers.append(_with_fresh_rows(graph_rows, block, layers[-1], cached[level], items))
     return layers
-
-
-def _to_users(users_rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tensor, cached: torch.Tensor,
-              items: torch.Tensor) -> torch.Tensor:
-    """The users' means of the propagated layer, with the batch items' fresh rows."""
-    return torch.sparse.mm(users_rows, cached) + sparse_product(block, fresh - cached[items])
 
 
 def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Parts, PropagationCache]:
@@ -120,6 +120,6 @@ def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Part
         parts.f.append(f)
         parts.gf.append(g_layers[-1])
         parts.sf.append(s_layers[-1])
-        parts.gu.append(_to_users(user_items, user_block, g_layers[-1], cache.g[m][-1], items))
-        parts.su.append(_to_users(user_items, user_block, s_layers[-1], cache.s[m][-1], items))
+        parts.gu.append(_with_fresh_rows(user_items, user_block, g_layers[-1], cache.g[m][-1], items))
+        parts.su.append(_with_fresh_rows(user_items, user_block, s_layers[-1], cache.s[m][-1], items))
     return parts, fresh

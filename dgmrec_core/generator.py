@@ -30,8 +30,8 @@ class GenerationMixin:
         return self._decoded_match(b, torch.cat([self.translate(a, b, g_a), s_b], dim=1), x_b)
 
     def _decoded_match(self, b: int, z: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-        """InfoNCE + MSE of decoder_b(z) against the real features ``x_b`` of the same items (the InfoNCE on
-        decoder's small inputs, ``decoded_match``: no decoded row, no n x n product of wide features)."""
+        """InfoNCE + MSE of decoder_b(z) against the real features ``x_b`` of the same items, both computed on
+        the decoder's small inputs (``decoded_match``: no decoded row, no n x n product of wide features)."""
         return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp)
 
     def _content_free_general(self, b: int, source_means: list[torch.Tensor | None]) -> torch.Tensor | None:

@@ -195,7 +195,8 @@ def csr_rows(graph: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     count = crow[rows + 1] - start
     new_crow = torch.cat([count.new_zeros(1), count.cumsum(0)])
     total = int(new_crow[-1])
-    pick = torch.repeat_interleave(start - new_crow[:-1], count, output_size=total) + torch.arange(total)
+    pick = (torch.repeat_interleave(start - new_crow[:-1], count, output_size=total)
+            + torch.arange(total, device=crow.device))
     return torch.sparse_csr_tensor(new_crow, col[pick], val[pick], (len(rows), graph.shape[1]),
                                    check_invariants=False)
 
@@ -203,20 +204,22 @@ def csr_rows(graph: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def column_block(sub: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """The columns ``cols`` (distinct) of the sparse CSR ``sub``, renumbered 0..len(cols)-1 in ``cols``' order."""
     crow, col, val = sub.crow_indices(), sub.col_indices(), sub.values()
-    position = torch.full((sub.shape[1],), -1, dtype=torch.long)
-    position[cols] = torch.arange(len(cols))
+    position = torch.full((sub.shape[1],), -1, dtype=torch.long, device=col.device)
+    position[cols] = torch.arange(len(cols), device=col.device)
     new_col = position[col]
     keep = new_col >= 0
-    row_of = torch.repeat_interleave(torch.arange(sub.shape[0]), crow.diff(), output_size=len(col))
+    row_of = torch.repeat_interleave(torch.arange(sub.shape[0], device=col.device), crow.diff(), output_size=len(col))
     counts = torch.bincount(row_of[keep], minlength=sub.shape[0])
     new_crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     return torch.sparse_csr_tensor(new_crow, new_col[keep], val[keep], (sub.shape[0], len(cols)),
                                    check_invariants=False)
 
 
-def sparse_product(graph: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``graph @ h`` for a sparse CSR ``graph`` used once (its transpose is made here when ``h`` needs a
-    gradient; for graphs multiplied many times, cache the transpose and call ``CsrProduct`` directly)."""
+def sparse_product(graph: torch.Tensor, h: torch.Tensor,
+                   transpose: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+    """``graph @ h`` for a sparse CSR ``graph``; when ``h`` needs a gradient, through ``CsrProduct`` with the
+    CSR transpose ``transpose()`` gives (a graph multiplied many times caches it) or, without it, one made
+    here (a graph used once)."""
     if not (torch.is_grad_enabled() and h.requires_grad):
         return torch.sparse.mm(graph, h)
-    return CsrProduct.apply(h, graph, graph.t().to_sparse_csr())
+    return CsrProduct.apply(h, graph, transpose() if transpose is not None else graph.t().to_sparse_csr())

@@ -13,7 +13,7 @@ from torch import nn
 
 from .config import DGMRecConfig
 from .data import Dataset
-from .graphs import CsrProduct, KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators
+from .graphs import KnnFn, bipartite_norm_adj, chunked_cosine_knn, mean_aggregators, sparse_product
 from .losses import bpr_loss, l2_norms
 
 
@@ -90,13 +90,15 @@ class LightGCN(nn.Module):
 
     def product(self, key: str, h: torch.Tensor) -> torch.Tensor:
         """graphs[key] @ h; with gradients, through CsrProduct and a transpose cached per graph object."""
+        return sparse_product(self.graphs[key], h, lambda: self._transpose(key))
+
+    def _transpose(self, key: str) -> torch.Tensor:
+        """The CSR transpose of graphs[key], made once per graph object."""
         graph = self.graphs[key]
-        if not (torch.is_grad_enabled() and h.requires_grad):
-            return torch.sparse.mm(graph, h)
         cached = self._transposed.get(key)
         if cached is None or cached[0] is not graph:
             cached = self._transposed[key] = (graph, graph.t().to_sparse_csr())
-        return CsrProduct.apply(h, graph, cached[1])
+        return cached[1]
 
     def untrained_items(self) -> torch.Tensor:
         """Bool (n_items,): items without a training interaction (the new-item setting's, a catalog's cold
