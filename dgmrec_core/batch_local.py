@@ -54,6 +54,10 @@ class PropagationCache:
     s: list[list[torch.Tensor]] = field(default_factory=list)
     pref: list[torch.Tensor] = field(default_factory=list)
 
+    def propagated(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The last layers: the propagated filtered general and specific parts of every item, per modality."""
+        return [layers[-1] for layers in self.g], [layers[-1] for layers in self.s]
+
     def write(self, batch: LocalBatch, fresh: "PropagationCache") -> None:
         """Write the batch's fresh layers (rows ``batch.items``) into the cache."""
         with torch.no_grad():

@@ -42,16 +42,29 @@ def observed_from_rows(values: np.ndarray) -> np.ndarray:
     return np.any(values != 0, axis=1)
 
 
-def impute(values: np.ndarray, observed: np.ndarray, how: str = "mean") -> np.ndarray:
-    """Copy of ``values`` whose unobserved rows hold the mean of observed rows (``"mean"``) or 0 (``"zero"``).
+IMPUTE_CHUNK = 65_536  # rows copied at a time
+
+
+def impute(values: np.ndarray, observed: np.ndarray, how: str = "mean", out: np.ndarray | None = None) -> np.ndarray:
+    """``values`` (as float32) whose unobserved rows hold the mean of observed rows (``"mean"``) or 0
+    (``"zero"``), written into ``out`` (a new array when None) chunk by chunk: no other full-size copy.
 
     With no observed row the fill is 0.
     """
     if how not in ("mean", "zero"):
         raise ValueError(f"imputation must be 'mean' or 'zero', got {how!r}")
     observed = np.asarray(observed, dtype=bool)
-    out = np.array(values, dtype=np.float32, copy=True)
-    fill = (out[observed].mean(axis=0) if how == "mean" and observed.any()
-            else np.zeros(out.shape[1], dtype=np.float32))
+    n = values.shape[0]
+    out = np.empty(values.shape, dtype=np.float32) if out is None else out
+    for start in range(0, n, IMPUTE_CHUNK):
+        out[start:start + IMPUTE_CHUNK] = values[start:start + IMPUTE_CHUNK]
+    fill = np.zeros(out.shape[1], dtype=np.float32)
+    if how == "mean" and observed.any():
+        if n <= IMPUTE_CHUNK:
+            fill = out[observed].mean(axis=0)
+        else:  # the sum over chunks in float64
+            total = sum(out[s:s + IMPUTE_CHUNK][observed[s:s + IMPUTE_CHUNK]].sum(0, dtype=np.float64)
+                        for s in range(0, n, IMPUTE_CHUNK))
+            fill = (total / observed.sum()).astype(np.float32)
     out[~observed] = fill
     return out

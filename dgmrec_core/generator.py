@@ -5,15 +5,60 @@ on a query's features. A mixin of ``DGMRec``: it reads the model's encoders, fil
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterator
+
 import torch
 
 from .losses import decoded_match
+
+GENERATION_CHUNK = 65_536  # items generated at a time: generation's memory beyond the features is O(chunk x d)
 
 
 def catalog_mean(f: torch.Tensor) -> torch.Tensor:
     """Mean of item preference filters ``f`` (n, d) over the items with interactions (non-zero rows)."""
     has = f.abs().sum(1) > 0
     return f[has].mean(0) if has.any() else f.mean(0)
+
+
+@dataclass(frozen=True)
+class GenerationInputs:
+    """What generation reads of the whole catalog, computed once per pass: per modality the items' preference
+    filters, the catalog's mean preference and the mean observed features (the contrastive generator's)."""
+
+    filters: list[torch.Tensor]
+    prefs: list[torch.Tensor]
+    source_means: list[torch.Tensor | None]
+
+
+class Moments:
+    """Per-dimension mean and unbiased standard deviation of rows seen chunk by chunk (Chan et al.'s pairwise
+    update, in float64). Rows seen in one chunk give torch's own ``mean(0)`` and ``std(0)``."""
+
+    def __init__(self) -> None:
+        self.count, self._chunks = 0, 0
+        self._mean = self._m2 = self._single = None
+
+    def add(self, x: torch.Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        n, mean = x.shape[0], x.double().mean(0)
+        m2 = ((x.double() - mean) ** 2).sum(0)
+        if self._chunks == 0:
+            self._single = (x.mean(0), x.std(0))
+            self.count, self._mean, self._m2 = n, mean, m2
+        else:
+            total = self.count + n
+            delta = mean - self._mean
+            self._mean = self._mean + delta * (n / total)
+            self._m2 = self._m2 + m2 + delta ** 2 * (self.count * n / total)
+            self.count = total
+        self._chunks += 1
+
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._chunks == 1:
+            return self._single
+        return self._mean.float(), (self._m2 / max(self.count - 1, 1)).sqrt().float()
 
 
 class GenerationMixin:
@@ -61,40 +106,39 @@ class GenerationMixin:
         encoders' own parts with the catalog's preference for items with another modality, the
         content-free general part and the item's own preference for items with none, then calibrated.
         """
-        raw = self._generate(noise)
-        return self._calibrated(raw) if self.contrastive else raw
+        if not self.contrastive:
+            return self._generate(noise)
+        chunks = [rows for _, rows in self._calibrated_chunks(self._generation_inputs())]
+        return chunks[0] if len(chunks) == 1 else [torch.cat(parts) for parts in zip(*chunks)]
 
     def _has_source(self, m: int) -> torch.Tensor:
         """bool (n_items,): the items observing a modality other than m (something to translate m from)."""
         others = [a for a in range(self.n_modalities) if a != m]
         return self.observed[:, others].any(1) if others else torch.zeros_like(self.observed[:, m])
 
-    def _calibrated(self, raw: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``raw`` generated features (from ``_generate``) calibrated to the real features' distribution."""
-        out = []
-        for m, x in enumerate(raw):
-            y = self.calibrate(m, x)
-            free = ~self._has_source(m)
-            if self.config.gen_calibration and int(free.sum()) >= 2:
-                # Rows with nothing to translate from come out of another route (users' preference only):
-                # they get their own spread, mapped to the real one like the others.
-                _, _, real_mean, real_std = getattr(self, f"calib_{m}")
-                z = x[free]
-                y[free] = (z - z.mean(0)) / z.std(0).clamp_min(1e-6) * real_std + real_mean
-            out.append(y)
-        return out
+    def _generation_chunks(self) -> list[slice]:
+        """The item rows generation works through at a time: ``GENERATION_CHUNK`` rows when generation is row
+        by row (the contrastive generator, raw space), else all rows at once (the paper's propagated space
+        mixes rows through the kNN graph). Memory beyond the features stays O(chunk x d)."""
+        size = GENERATION_CHUNK if self.raw_generation else self.n_items
+        return [slice(start, min(start + size, self.n_items)) for start in range(0, self.n_items, size)]
 
     @torch.no_grad()
-    def _generate(self, noise: bool = True) -> list[torch.Tensor]:
-        """``generated_features`` before calibration."""
-        M = self.n_modalities
-        g = [self.generation_general(m, self.features(m)) for m in range(M)]
+    def _generation_inputs(self) -> GenerationInputs:
         f = self.item_filters()
-        obs = self.observed.float()
-        source_means = self._observed_means() if self.contrastive else []
+        prefs = [catalog_mean(x) for x in f] if self.contrastive else []
+        return GenerationInputs(f, prefs, self._observed_means() if self.contrastive else [])
+
+    @torch.no_grad()
+    def _generate_rows(self, inputs: GenerationInputs, rows: slice, noise: bool = True) -> list[torch.Tensor]:
+        """``generated_features`` of the items ``rows`` before calibration."""
+        M = self.n_modalities
+        g = [self.generation_general(m, self.features(m)[rows]) for m in range(M)]
+        obs = self.observed[rows].float()
         out = []
         for m in range(M):
             srcs = [a for a in range(M) if a != m]
+            f = inputs.filters[m][rows]
             if srcs:
                 weights = torch.stack([obs[:, a] for a in srcs], 1)
                 weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, torch.ones_like(weights))
@@ -102,19 +146,67 @@ class GenerationMixin:
                 g_hat = (trans * weights[..., None]).sum(1) / weights.sum(1, keepdim=True)
             else:  # a single modality: no other to translate from, the (imputed) row's own general part
                 g_hat = g[m]
-            s_hat = self.gen_specific[m](f[m])
+            s_hat = self.gen_specific[m](f)
             if self.contrastive and srcs:
                 # Content to translate from: the catalog's preference, as for queries (and as the chain learned).
                 # Nothing to translate from: a content-free general part and the item's own users' preference.
-                has_source = self._has_source(m)[:, None]
-                s_hat = torch.where(has_source, self.gen_specific[m](catalog_mean(f[m])), s_hat)
-                free = self._content_free_general(m, source_means)
+                has_source = self._has_source(m)[rows, None]
+                s_hat = torch.where(has_source, self.gen_specific[m](inputs.prefs[m]), s_hat)
+                free = self._content_free_general(m, inputs.source_means)
                 if free is not None:
                     g_hat = torch.where(has_source, g_hat, free.expand_as(g_hat))
             if not self.raw_generation:
                 g_hat, s_hat = self.propagate(m, g_hat), self.propagate(m, s_hat)
             out.append(self.decode(m, g_hat, s_hat, noise=noise and not self.contrastive))
         return out
+
+    @torch.no_grad()
+    def _generate(self, noise: bool = True) -> list[torch.Tensor]:
+        """``generated_features`` before calibration, every row."""
+        inputs = self._generation_inputs()
+        chunks = [self._generate_rows(inputs, rows, noise) for rows in self._generation_chunks()]
+        return chunks[0] if len(chunks) == 1 else [torch.cat(parts) for parts in zip(*chunks)]
+
+    @torch.no_grad()
+    def _raw_moments(self, inputs: GenerationInputs) -> tuple[list[torch.Tensor] | None, list[Moments], list[Moments]]:
+        """One generation pass, chunk by chunk: per modality the moments of the raw generated rows of items with
+        a source modality and of those without one; and the raw rows themselves when they were one chunk."""
+        with_source = [Moments() for _ in range(self.n_modalities)]
+        without = [Moments() for _ in range(self.n_modalities)]
+        chunks = self._generation_chunks()
+        raw = None
+        for rows in chunks:
+            raw = self._generate_rows(inputs, rows, noise=False)
+            for m, x in enumerate(raw):
+                src = self._has_source(m)[rows]
+                with_source[m].add(x[src])
+                without[m].add(x[~src])
+        return (raw if len(chunks) == 1 else None), with_source, without
+
+    def _calibrate_rows(self, raw: list[torch.Tensor], rows: slice, without: list[Moments]) -> list[torch.Tensor]:
+        """``raw`` generated rows (of the items ``rows``) calibrated to the real features' distribution;
+        ``without``: the moments of the raw rows of items with nothing to translate from, over the catalog."""
+        out = []
+        for m, x in enumerate(raw):
+            y = self.calibrate(m, x)
+            free = ~self._has_source(m)[rows]
+            if self.config.gen_calibration and without[m].count >= 2:
+                # Rows with nothing to translate from come out of another route (users' preference only):
+                # they get their own spread, mapped to the real one like the others.
+                _, _, real_mean, real_std = getattr(self, f"calib_{m}")
+                z_mean, z_std = without[m].mean_std()
+                y[free] = (x[free] - z_mean) / z_std.clamp_min(1e-6) * real_std + real_mean
+            out.append(y)
+        return out
+
+    def _calibrated_chunks(self, inputs: GenerationInputs, moments: tuple | None = None
+                           ) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+        """(rows, calibrated generated features of those items) chunk by chunk; ``moments``: a
+        ``_raw_moments`` pass already made with the same weights."""
+        one_chunk, _, without = moments or self._raw_moments(inputs)
+        for rows in self._generation_chunks():
+            raw = one_chunk if one_chunk is not None else self._generate_rows(inputs, rows, noise=False)
+            yield rows, self._calibrate_rows(raw, rows, without)
 
     def refit_generation(self, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
         """Fit the generation chain to convergence after training, leaving recommendation untouched.
@@ -172,33 +264,37 @@ class GenerationMixin:
         return (x - gen_mean) / gen_std * real_std + real_mean
 
     @torch.no_grad()
-    def update_calibration(self, raw: list[torch.Tensor] | None = None) -> None:
+    def update_calibration(self) -> None:
         """Fit the calibration of the contrastive generator: per modality, the mean and spread of what it
-        generates (``raw``, from ``_generate``; computed when None) for items with a source modality
-        observed, and those of the real (observed) rows."""
-        if not self.contrastive:
-            return
-        generated = self._generate(noise=False) if raw is None else raw
-        for m, x_hat in enumerate(generated):
-            src = self._has_source(m)
-            real = self.features(m)[self.observed[:, m]]
-            if int(src.sum()) < 2 or real.shape[0] < 2:
+        generates for items with a source modality observed, and those of the real (observed) rows."""
+        if self.contrastive:
+            self._fit_calibration(self._raw_moments(self._generation_inputs())[1])
+
+    def _fit_calibration(self, with_source: list[Moments]) -> None:
+        for m, generated in enumerate(with_source):
+            real = Moments()
+            for rows in self._generation_chunks():
+                real.add(self.features(m)[rows][self.observed[rows, m]])
+            if generated.count < 2 or real.count < 2:
                 continue
-            gen = x_hat[src]
-            stats = torch.stack([gen.mean(0), gen.std(0).clamp_min(1e-6), real.mean(0), real.std(0)])
-            getattr(self, f"calib_{m}").copy_(stats)
+            (gen_mean, gen_std), (real_mean, real_std) = generated.mean_std(), real.mean_std()
+            getattr(self, f"calib_{m}").copy_(torch.stack([gen_mean, gen_std.clamp_min(1e-6), real_mean, real_std]))
 
     @torch.no_grad()
     def generate_missing(self) -> None:
-        """Write generated features into the rows of items missing each modality (one generation pass:
-        the contrastive generator's calibration is fitted on it first)."""
-        generated = self._generate()
+        """Write generated features into the rows of items missing each modality, chunk by chunk (the
+        contrastive generator's calibration is fitted first, on the same weights)."""
+        inputs = self._generation_inputs()
         if self.contrastive:
-            self.update_calibration(generated)
-            generated = self._calibrated(generated)
-        for m, x_hat in enumerate(generated):
-            miss = ~self.observed[:, m]
-            self.features(m)[miss] = x_hat[miss]
+            moments = self._raw_moments(inputs)
+            self._fit_calibration(moments[1])
+            chunks = self._calibrated_chunks(inputs, moments)
+        else:
+            chunks = ((rows, self._generate_rows(inputs, rows)) for rows in self._generation_chunks())
+        for rows, generated in chunks:  # a chunk's generation reads only its own rows' features
+            for m, x_hat in enumerate(generated):
+                miss = ~self.observed[rows, m]
+                self.features(m)[rows][miss] = x_hat[miss]
         self.epochs_generated += 1
 
     @torch.no_grad()

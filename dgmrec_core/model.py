@@ -114,7 +114,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
             self.observed.copy_(torch.as_tensor(dataset.observed))
             for m, mod in enumerate(dataset.modalities):
                 obs = self.observed[:, m]
-                self.features(m).copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
+                target = self.features(m).detach()
+                if target.device.type == "cpu":  # imputed straight into the model's rows: no full-size copy
+                    impute(mod.values, mod.observed, self.config.imputation, out=target.numpy())
+                else:
+                    target.copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
                 self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn,
                                                              observed_only=self.config.knn_observed_only).to_sparse_csr()
 
@@ -305,15 +309,19 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     def begin_epoch(self, estimator_optimizer: torch.optim.Optimizer | None, epoch: int,
                     knn_fn: KnnFn = chunked_cosine_knn) -> None:
         """The whole-catalog work before epoch ``epoch``'s batches (0-based): CLUB fitting, generation of the
-        missing features and, every ``refresh_every`` epochs, the kNN-row refresh; then, in batch-local
-        mode, the propagation cache the batches read."""
+        missing features and, every ``refresh_every`` epochs, the kNN-row refresh. In batch-local mode the
+        propagation cache the batches read is filled after generation and CLUB fits on its rows (no other
+        whole-catalog forward pass)."""
         c = self.config
-        self.club_step(estimator_optimizer, c.club_steps)
+        if not self.batch_local:
+            self.club_step(estimator_optimizer, c.club_steps)
         if c.generation:
             self.generate_missing()
             if (epoch + 1) % c.refresh_every == 0:
                 self.refresh_graphs(knn_fn)
         self._cache = batch_local.fill_cache(self) if self.batch_local else None
+        if self._cache is not None:
+            self.club_step(estimator_optimizer, c.club_steps, self._cache.propagated())
 
     def end_epoch(self) -> None:
         """Fit the generator's calibration, so a saved state generates as its weights say."""
@@ -325,14 +333,19 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         if self.config.generation and self.config.gen_refit_steps:
             self.refit_generation(self.config.gen_refit_steps, seed=seed)
 
-    def club_step(self, optimizer: torch.optim.Optimizer, steps: int, sample: int = 2048) -> float:
-        """Fit the CLUB estimators on (specific, general) pairs of random items; returns the last loss."""
-        with torch.no_grad():
-            p = self.forward_parts()
+    def club_step(self, optimizer: torch.optim.Optimizer, steps: int, parts: tuple[list, list] | None = None,
+                  sample: int = 2048) -> float:
+        """Fit the CLUB estimators on (specific, general) pairs of random items; returns the last loss.
+        ``parts``: the propagated (general, specific) parts per modality (a whole-catalog pass when None)."""
+        if parts is None:
+            with torch.no_grad():
+                p = self.forward_parts()
+            parts = (p.gf, p.sf)
+        gf, sf = parts
         loss = torch.zeros(())
         for _ in range(steps):
             idx = torch.randperm(self.n_items)[:sample]
-            loss = sum(self.club[m].learning_loss(p.sf[m][idx], p.gf[m][idx]) for m in range(self.n_modalities))
+            loss = sum(self.club[m].learning_loss(sf[m][idx], gf[m][idx]) for m in range(self.n_modalities))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

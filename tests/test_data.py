@@ -310,3 +310,17 @@ def test_real_ratings_split_by_time_matches_mmrec_counts(shared_data):
     assert (inter.n_users, inter.n_items) == (943, 1682)
     assert inter.item_ids[:2] == ["1", "2"]
     assert (len(inter.train), len(inter.valid), len(inter.test)) == (79_619, 9_942, 10_439)
+
+
+def test_impute_in_chunks_into_a_given_array(monkeypatch):
+    from dgmrec_core import features
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(103, 5)).astype(np.float32)
+    observed = rng.random(103) < 0.4
+    whole = impute(values, observed, "mean")
+    monkeypatch.setattr(features, "IMPUTE_CHUNK", 10)
+    out = np.full((103, 5), np.nan, dtype=np.float32)
+    assert impute(values, observed, "mean", out=out) is out
+    np.testing.assert_allclose(out, whole, atol=1e-6)
+    np.testing.assert_array_equal(out[observed], values[observed])
+    np.testing.assert_allclose(out[~observed][0], values[observed].mean(0), atol=1e-6)
