@@ -111,7 +111,7 @@ def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Part
     user_block = column_block(user_items, items)
     for m in range(model.n_modalities):
         x = model.features(m)[items]
-        g, s = model.general(m, x), model.specific(m, x)
+        g, s = model.encoded(m, x)
         f = sparse_product(item_users, model.user_filter(m))
         graph_rows = csr_rows(model.graphs[f"mm_{m}"], items)
         block = column_block(graph_rows, items)
@@ -119,6 +119,7 @@ def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Part
         s_layers = _propagate(graph_rows, block, f * s, cache.s[m], items)
         fresh.g.append(g_layers)
         fresh.s.append(s_layers)
+        parts.x.append(x)
         parts.g.append(g)
         parts.s.append(s)
         parts.f.append(f)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-from .losses import decoded_match
+from .losses import DecoderTargets, decoded_match
 
 GENERATION_CHUNK = 65_536  # items generated at a time: generation's memory beyond the features is O(chunk x d)
 
@@ -64,7 +64,8 @@ class Moments:
 class GenerationMixin:
     """Generation methods of ``DGMRec`` (see the module docstring)."""
 
-    def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, pref_b: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    def _chain_loss(self, a: int, b: int, g_a: torch.Tensor, pref_b: torch.Tensor,
+                    x_b: torch.Tensor | DecoderTargets) -> torch.Tensor:
         """The whole generation chain a -> b against the real features of the same items: InfoNCE (each
         generated row must pick its own item among the batch's real rows) plus MSE (scale and offset).
 
@@ -74,7 +75,7 @@ class GenerationMixin:
         s_b = self.gen_specific[b](pref_b).expand(g_a.shape[0], -1)
         return self._decoded_match(b, torch.cat([self.translate(a, b, g_a), s_b], dim=1), x_b)
 
-    def _decoded_match(self, b: int, z: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
+    def _decoded_match(self, b: int, z: torch.Tensor, x_b: torch.Tensor | DecoderTargets) -> torch.Tensor:
         """InfoNCE + MSE of decoder_b(z) against the real features ``x_b`` of the same items, both computed on
         the decoder's small inputs (``decoded_match``: no decoded row, no n x n product of wide features)."""
         return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp)
@@ -87,13 +88,13 @@ class GenerationMixin:
         return torch.stack(parts).mean(0) if parts else None
 
     def _preference_chain_loss(self, b: int, source_means: list[torch.Tensor | None], f_b: torch.Tensor,
-                               x_b: torch.Tensor) -> torch.Tensor:
+                               x_b: torch.Tensor | DecoderTargets) -> torch.Tensor:
         """Generation of an item with no modality: decoder_b([content-free general part, gen_b(f_b)]) against
         its real features (InfoNCE + MSE), so the users' preference carries what it can of the item."""
         g = self._content_free_general(b, source_means)
         if g is None:
-            return x_b.new_zeros(())
-        return self._decoded_match(b, torch.cat([g.expand(x_b.shape[0], -1), self.gen_specific[b](f_b)], dim=1), x_b)
+            return f_b.new_zeros(())
+        return self._decoded_match(b, torch.cat([g.expand(f_b.shape[0], -1), self.gen_specific[b](f_b)], dim=1), x_b)
 
     @torch.no_grad()
     def generated_features(self, *, noise: bool = True) -> list[torch.Tensor]:

@@ -34,6 +34,7 @@ class Parts:
     sf: list[torch.Tensor] = field(default_factory=list)
     gu: list[torch.Tensor] = field(default_factory=list)
     su: list[torch.Tensor] = field(default_factory=list)
+    x: list[torch.Tensor] = field(default_factory=list)  # the feature rows of those items, per modality
 
 
 class LightGCN(nn.Module):

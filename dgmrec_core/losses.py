@@ -92,40 +92,65 @@ class CLUB(nn.Module):
         return (positive - negative).mean() / 2
 
 
+class DecoderTargets(NamedTuple):
+    """Real feature rows x (n, D) as the decoder losses read them: ``x W`` (n, d_in) for a linear decoder
+    of weight W (D, d_in), ``x . b`` (n,) for its bias b, ``|x|^2`` (n,) and the width D."""
+
+    xw: torch.Tensor
+    xb: torch.Tensor
+    sq: torch.Tensor
+    width: int
+
+    @classmethod
+    def of(cls, layer: nn.Linear, x: torch.Tensor) -> "DecoderTargets":
+        return cls(x @ layer.weight, x @ layer.bias, (x * x).sum(1), x.shape[1])
+
+    def rows(self, index: torch.Tensor) -> "DecoderTargets":
+        return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width)
+
+
+def _targets(layer: nn.Linear, x: torch.Tensor | DecoderTargets) -> DecoderTargets:
+    return x if isinstance(x, DecoderTargets) else DecoderTargets.of(layer, x)
+
+
 def _decoded_norms(layer: nn.Linear, z: torch.Tensor) -> torch.Tensor:
     """|layer(z_i)|^2 per row, from W^T W and W^T b (no decoded row)."""
     weight, bias = layer.weight, layer.bias
     return ((z @ (weight.T @ weight)) * z).sum(1) + 2 * (z @ (weight.T @ bias)) + bias @ bias
 
 
-def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTargets) -> torch.Tensor:
     """``mse_loss(layer(z), x)`` for a linear ``layer`` from small codes to wide features, without decoding:
-    |layer(z_i) - x_i|^2 = |layer(z_i)|^2 - 2 (z_i . (W^T x_i) + b . x_i) + |x_i|^2."""
+    |layer(z_i) - x_i|^2 = |layer(z_i)|^2 - 2 (z_i . (W^T x_i) + b . x_i) + |x_i|^2. ``x``: the feature rows
+    or their ``DecoderTargets``."""
     if z.shape[0] == 0:
         return z.new_zeros(())
-    cross = (z * (x @ layer.weight)).sum(1) + x @ layer.bias
-    squared_error = _decoded_norms(layer, z) - 2 * cross + (x * x).sum(1)
-    return squared_error.clamp_min(0).sum() / x.numel()
+    t = _targets(layer, x)
+    squared_error = _decoded_norms(layer, z) - 2 * ((z * t.xw).sum(1) + t.xb) + t.sq
+    return squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)
 
 
-def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor, temperature: float) -> torch.Tensor:
+def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTargets,
+                  temperature: float) -> torch.Tensor:
     """``info_nce(layer(z), x, temperature) + mse_loss(layer(z), x)`` without decoding a single row.
 
     ``layer`` maps small codes ``z`` (n, d_in) to wide features (n, d_out), e.g. 128 -> 4,096. Being linear,
     layer(z_i) . x_j = z_i . (W^T x_j) + b . x_j and |layer(z_i)|^2 = z_i^T W^T W z_i + 2 b^T W z_i + |b|^2,
     so both terms follow from ``x @ W`` and ``W^T W``: O(n d_out d_in + n^2 d_in) instead of the
     O(n^2 d_out) of the cosine logits plus the O(n d_out d_in) decoding, forward and backward. The same
-    loss and gradient up to rounding (tests/test_losses.py).
+    loss and gradient up to rounding (tests/test_losses.py). ``x``: the feature rows or their
+    ``DecoderTargets``.
     """
-    if z.shape[0] == 0 or x.shape[0] == 0:
+    t = _targets(layer, x)
+    if z.shape[0] == 0 or t.xw.shape[0] == 0:
         return z.new_zeros(())
-    if z.shape[0] != x.shape[0]:
-        raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {x.shape[0]}")
-    x_norm = x.norm(dim=1)
-    dots = z @ (x @ layer.weight).T + (x @ layer.bias)[None, :]  # (i, j): layer(z_i) . x_j
+    if z.shape[0] != t.xw.shape[0]:
+        raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {t.xw.shape[0]}")
+    x_norm = t.sq.sqrt()
+    dots = z @ t.xw.T + t.xb[None, :]  # (i, j): layer(z_i) . x_j
     sq_norm = _decoded_norms(layer, z)
     logits = dots / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12)[:, None] * x_norm.clamp_min(1e-12)[None, :]
                      * temperature)
     nce = (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
-    squared_error = sq_norm - 2 * dots.diagonal() + x_norm ** 2
-    return nce + squared_error.clamp_min(0).sum() / x.numel()
+    squared_error = sq_norm - 2 * dots.diagonal() + t.sq
+    return nce + squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)

@@ -8,6 +8,7 @@ batch-local training mode in :mod:`dgmrec_core.batch_local`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -22,7 +23,7 @@ from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
 from .lightgcn import LightGCN, Parts
-from .losses import CLUB, RowGroups, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
+from .losses import CLUB, DecoderTargets, RowGroups, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -33,6 +34,18 @@ def _xavier(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
+
+
+@dataclass(frozen=True)
+class RowTargets:
+    """Decoder targets of some of a batch's rows: the rows, each row's position among them (-1: not there)."""
+
+    rows: torch.Tensor
+    position: torch.Tensor
+    targets: DecoderTargets
+
+    def at(self, rows: torch.Tensor) -> DecoderTargets:
+        return self.targets.rows(self.position[rows])
 
 
 class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
@@ -131,6 +144,14 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         """General part g_m = sigmoid(W_shared tanh(W_m x))."""
         return torch.sigmoid(self.shared(torch.tanh(self.enc_general[m](x))))
 
+    def encoded(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(general part, specific part) of the feature rows ``x`` of modality m, from one product of ``x`` with
+        both encoders' weights: the wide rows are read once, forward and backward."""
+        d = self.config.embedding_size
+        enc_g, enc_s = self.enc_general[m], self.enc_specific[m]
+        out = x @ torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
+        return torch.sigmoid(self.shared(torch.tanh(out[:, :d] + enc_g.bias))), torch.sigmoid(out[:, d:] + enc_s.bias)
+
     def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """The general part generation translates: the generator's refitted copy of the general encoder
         once ``refit_generation`` ran, else the general encoder itself."""
@@ -190,12 +211,12 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         if self.config.untrained_items == "content-neighbours":
             e_i = self.content_neighbour_ids(e_i)
         M = range(self.n_modalities)
-        g = [self.general(m, self.features(m)) for m in M]
-        s = [self.specific(m, self.features(m)) for m in M]
+        x = [self.features(m) for m in M]
+        g, s = (list(parts) for parts in zip(*(self.encoded(m, x[m]) for m in M)))
         f = self.item_filters()
         gf = [self.propagate(m, f[m] * g[m]) for m in M]
         sf = [self.propagate(m, f[m] * s[m]) for m in M]
-        return Parts(e_u, e_i, g, s, f, gf, sf, [self.to_users(x) for x in gf], [self.to_users(x) for x in sf])
+        return Parts(e_u, e_i, g, s, f, gf, sf, [self.to_users(h) for h in gf], [self.to_users(h) for h in sf], x)
 
     def fuse(self, parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
         """u = e_u + (mean_m g_m(u) + sum_m s_m(u)) / (M + 1); the same for items."""
@@ -242,18 +263,20 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         if pref is None:
             pref = [catalog_mean(f) for f in p.f] if self.contrastive else [None] * self.n_modalities
         U, P = RowGroups.of(users), RowGroups.of(pos)
-        inter, gen, chain = self._generation_terms(p, batch_items, item, pref, U)
+        targets = [self._decoder_targets(m, p.x[m], item) for m in range(self.n_modalities)]
+        inter, gen, chain = self._generation_terms(p, batch_items, item, pref, U, targets)
         club = sum(self.club[m](p.sf[m], p.gf[m]) for m in range(self.n_modalities))
         intra, bm = self._alignment_terms(p, U, P)
         tg, ds = (p.g, p.s) if self.raw_generation else (p.gf, p.sf)
-        recon = sum(self._recon(m, tg[m], ds[m], item, self.raw_generation) for m in range(self.n_modalities))
+        recon = sum(self._recon(m, tg[m], ds[m], targets[m]) for m in range(self.n_modalities))
         terms = {"inter": c.inter_modal * inter, "club": c.sampler * club, "gen": c.additive * gen,
                  "recon": c.recon * recon, "intra": c.intra_modal * intra, "bm": c.align_bm * bm}
         if self.contrastive:
             terms["chain"] = c.gen_weight * chain
         return terms
 
-    def _generation_terms(self, p: Parts, batch_items: torch.Tensor, item, pref: list, U: RowGroups) -> tuple:
+    def _generation_terms(self, p: Parts, batch_items: torch.Tensor, item, pref: list, U: RowGroups,
+                          targets: list[RowTargets]) -> tuple:
         """(inter-modal InfoNCE, generation MSE, contrastive chain) over the batch's items and users."""
         c, M = self.config, self.n_modalities
         nce = partial(info_nce, bf16=c.bf16_logits)
@@ -268,11 +291,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                 if len(both):
                     gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
                     if self.contrastive:
-                        chain = chain + self._chain_loss(a, b, p.g[a][both], pref[b], self.features(b)[item(both)])
+                        chain = chain + self._chain_loss(a, b, p.g[a][both], pref[b], targets[b].at(both))
                 if a < b:
                     inter = inter + nce(p.g[a][both], p.g[b][both], c.inter_modal_temp)
                     inter = inter + nce(p.gu[a], p.gu[b], c.inter_modal_temp, U, U)
-        means = [self.features(a)[item(batch_items[obs[:, a]])].mean(0) if obs[:, a].any() else None for a in range(M)]
+        means = [p.x[a][batch_items[obs[:, a]]].mean(0) if obs[:, a].any() else None for a in range(M)]
         # (the preference chain reads f detached: it teaches generation to use the users' preference, and must
         # not bend the user embeddings toward content, which costs recommendation)
         for m in range(M):
@@ -280,8 +303,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
             if len(has):
                 gen = gen + F.mse_loss(self.gen_specific[m](perturb(p.f[m][has])), p.s[m][has])
                 if self.contrastive and M > 1:
-                    chain = chain + self._preference_chain_loss(m, means, p.f[m][has].detach(),
-                                                                self.features(m)[item(has)])
+                    chain = chain + self._preference_chain_loss(m, means, p.f[m][has].detach(), targets[m].at(has))
         return inter, gen, chain
 
     def _alignment_terms(self, p: Parts, U: RowGroups, P: RowGroups) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,14 +318,23 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         bm = nce(p.e_i, g_i, c.align_bm_temp, P, P) + nce(p.e_u, g_u, c.align_bm_temp, U, U)
         return intra, bm
 
-    def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, item, observed_only: bool) -> torch.Tensor:
-        """MSE of decoder_m(perturbed, detached [g, s]) against the features of the rows' items (``item`` maps
-        a row to its item; ``decoded_mse``: no decoded row): every row (the paper's code) or only rows that
-        observe m (so the decoder never learns from its own generated rows)."""
-        all_rows = torch.arange(g.shape[0])
-        rows = all_rows[self.observed[item(all_rows), m]] if observed_only else all_rows
+    def _decoder_targets(self, m: int, x: torch.Tensor, item) -> RowTargets:
+        """The decoder targets of the parts' rows that reconstruction reads (``item`` maps a row to its item):
+        only rows observing m with the contrastive generator or raw generation space (so the decoder never
+        learns from its own generated rows), every row with the paper's. The generation chain's rows observe
+        m too, so it reads the same targets: each wide row is multiplied once."""
+        all_rows = torch.arange(x.shape[0], device=x.device)
+        rows = all_rows[self.observed[item(all_rows), m]] if self.raw_generation else all_rows
+        position = torch.full_like(all_rows, -1)
+        position[rows] = torch.arange(len(rows), device=x.device)
+        return RowTargets(rows, position, DecoderTargets.of(self.decoder[m], x[rows]))
+
+    def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, targets: RowTargets) -> torch.Tensor:
+        """MSE of decoder_m(perturbed, detached [g, s]) against the features of ``targets``' rows (``decoded_mse``:
+        no decoded row)."""
+        rows = targets.rows
         z = perturb(torch.cat([g[rows].detach(), s[rows].detach()], dim=1))
-        return decoded_mse(self.decoder[m], z, self.features(m)[item(rows)])
+        return decoded_mse(self.decoder[m], z, targets.targets)
 
     # --------------------------------------------------- per-epoch procedures
     def begin_epoch(self, estimator_optimizer: torch.optim.Optimizer | None, epoch: int,
