@@ -17,7 +17,7 @@ from dgmrec_core.errors import DataError
 from retrieval.index.bundle import IndexBundle
 from retrieval.index.info import BuildInfo, ItemStore
 from retrieval.index.storage import IndexMismatch, verify_bundle
-from test_indexes import payload
+from test_indexes import payload, to_format_1
 
 
 def _columns(ids: list[str]) -> dict[str, list]:
@@ -108,12 +108,16 @@ def _written_before(folder: Path, columns: dict[str, list]) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_path: Path) -> None:
+@pytest.mark.parametrize("format_1", [False, True], ids=["format-2", "format-1"])
+def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_path: Path, format_1: bool) -> None:
     ids = payload(20)["item_ids"]
     folder, _, _ = _bundle(tmp_path, items=_columns(ids))
     _written_before(folder, _columns(ids))
+    if format_1:  # and before segments: item ids and generated flags inside meta.json too
+        to_format_1(folder)
     old = IndexBundle.load(folder)
     assert not old.has_item_files and old.item_columns() is None
+    assert old.meta["format_version"] == (1 if format_1 else 2) and old.item_ids == ids
     assert BuildInfo.read(_WithInfo(old)).items == ItemStore.from_columns(_columns(ids))
     with pytest.raises(DataError, match="give the data of its items too"):
         _append(old, 3, 100, items=_columns(payload(3, start=100)["item_ids"]))
@@ -122,6 +126,8 @@ def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_pat
     loaded = IndexBundle.load(folder)
     assert loaded.meta["item_files"] == ["items-000000.json", "items-000001.json"]
     assert loaded.item_columns() == _columns(ids + new) and "items" not in loaded.meta["extra"]
+    assert loaded.meta["format_version"] == 2 and loaded.segments == [20, 3] and loaded.item_ids == ids + new
+    assert "item_ids" not in loaded.meta and (folder / "ids.json").is_file()
     assert verify_bundle(folder) == []
 
 

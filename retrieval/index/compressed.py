@@ -127,11 +127,17 @@ class RowStore:
 
     def __init__(self, segments: list[np.ndarray], dim: int) -> None:
         self.dim = dim
+        self._source: np.ndarray | None = None  # rows of a build, not normalised yet (``read_from``)
         self._set(segments)
 
     def _set(self, segments: list[np.ndarray]) -> None:
         self._segments = [s for s in segments if len(s)]
         self._starts = np.cumsum([0] + [len(s) for s in self._segments])
+
+    def read_from(self, x: np.ndarray) -> None:
+        """Hold the rows ``x`` an index was built from (by reference, normalised when read) until ``write``."""
+        self._source = x
+        self._set([x])
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -153,11 +159,13 @@ class RowStore:
         return _unit(out)
 
     def chunks(self, size: int = CHUNK, start: int = 0) -> Iterator[np.ndarray]:
-        """Every row from ``start`` on, in order, normalised, as float16 blocks of at most ``size`` rows."""
+        """Every row from ``start`` on, in order, normalised, as float16 blocks of at most ``size`` rows (rows
+        stored already are copied as they are: normalising them again could move them by a rounding step)."""
         for first, segment in zip(self._starts, self._segments):
             skip = max(0, start - int(first))
             for s in range(skip, len(segment), size):
-                yield _unit(segment[s:s + size]).astype(STORE_DTYPE)
+                block = segment[s:s + size]
+                yield _unit(block).astype(STORE_DTYPE) if segment is self._source else np.asarray(block)
 
     def write(self, path: Path, start: int = 0) -> None:
         """Write the rows from ``start`` on (a segment boundary: 0, or the rows saved before) to the ``.npy``
@@ -172,6 +180,7 @@ class RowStore:
             np.lib.format.write_array_header_1_0(f, header)
             f.writelines(np.ascontiguousarray(block).tobytes() for block in self.chunks(start=start))
         self._set([*kept, NpyRows(path)])
+        self._source = None if start == 0 else self._source
 
     def extend(self, other: RowStore) -> None:
         """Append ``other``'s rows (the store of a later segment of the same index)."""

@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from dgmrec_core.errors import DataError
+from retrieval import defaults
 from retrieval.index.compressed import sidecar
 from retrieval.index.storage import META, IndexMismatch
 from retrieval.index.vectors import VectorIndex
 
 FUSED = "fused"
-MAX_SEGMENTS = 16  # an append that would make more segments than this compacts the bundle instead
+MAX_SEGMENTS = defaults.MAX_SEGMENTS  # an append that would make more segments than this compacts the bundle
 IDS_FILE = re.compile(r"^ids(-\d{6})?\.json$")
 SEGMENT_SUFFIX = re.compile(r"-\d{6}$")  # no modality name may end like this (its files would clash)
 _FORMAT = {"format": "dgmrec-ids", "version": 1}

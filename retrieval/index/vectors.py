@@ -172,7 +172,7 @@ class VectorIndex:
         out = cls(index, store, rerank=rerank)
         out._append(x, keep=False)
         if store is not None:
-            store._set([x])  # re-rank from the caller's rows (normalised on read) until saved
+            store.read_from(x)  # re-rank from the caller's rows (normalised on read) until saved
         return out
 
     @classmethod
