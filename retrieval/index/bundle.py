@@ -263,7 +263,7 @@ class IndexBundle:
         old_n = len(self)
         new = NewRows(vectors, fused) if ids else None
         rows = self._table.extended(ids, flags) if ids else self._table
-        for m, v in [*vectors.items(), (FUSED, fused)]:
+        for m, v in [*vectors.items(), (FUSED, fused)] if ids else ():
             self.indexes[m].add(v)
         if len(rows.segments) > _segments.MAX_SEGMENTS:
             log.info("index %s: %d segments, more than %d: rewriting it as one", self.folder, len(rows.segments),

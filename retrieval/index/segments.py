@@ -143,7 +143,8 @@ class RowTable:
                  for m, g in self.generated.items()}
         text = json.dumps({**_FORMAT, "first_row": start, "rows": stop - start, "item_ids": self.ids[start:stop],
                            "generated": flags}, separators=(",", ":"))
-        (folder / ids_file(k)).write_text(text)
+        with open(folder / ids_file(k), "x") as f:  # a new file, never one linked from the previous version
+            f.write(text)
 
     @classmethod
     def read(cls, name: Path, folder: Path, meta: dict) -> "RowTable":

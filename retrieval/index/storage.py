@@ -89,19 +89,12 @@ def file_records(folder: Path, carried: Records | None = None) -> Records:
     """Size and sha256 of every file of a bundle folder except meta.json and its hash.
 
     ``carried``: the previous version's records of the files linked into ``folder`` unchanged; those are
-    taken as they are (their size checked) instead of hashing the file again, so an append hashes only
-    what it wrote. A linked file that was damaged keeps its old record, so ``verify_bundle`` still names it.
+    taken as they are instead of hashing the file again, so an append hashes only what it wrote. A linked
+    file that was damaged keeps its old record, so loads (size) and ``verify_bundle`` (hash) still name it.
     """
     carried = carried or {}
-    out = {}
-    for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name in (META, META_SHA):
-            continue
-        size = p.stat().st_size
-        record = carried.get(p.name)
-        out[p.name] = dict(record) if record and record.get("size") == size else {"size": size,
-                                                                                 "sha256": _sha256(p)}
-    return out
+    return {p.name: dict(carried[p.name]) if p.name in carried else {"size": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (META, META_SHA)}
 
 
 def check_sizes(name: Path, folder: Path, meta: dict) -> None:

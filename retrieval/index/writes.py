@@ -33,10 +33,10 @@ class NewRows:
 
 
 def save_arrays(tmp: Path, k: int, rows: NewRows) -> None:
-    """Write segment ``k``'s features and fused items (float32)."""
-    for m, v in rows.vectors.items():
-        np.save(tmp / features_file(m, k), np.ascontiguousarray(v, dtype=np.float32))
-    np.save(tmp / fused_file(k), np.ascontiguousarray(rows.fused, dtype=np.float32))
+    """Write segment ``k``'s features and fused items (float32), as new files (never into a linked one)."""
+    for name, v in [*((features_file(m, k), v) for m, v in rows.vectors.items()), (fused_file(k), rows.fused)]:
+        with open(tmp / name, "xb") as f:
+            np.save(f, np.ascontiguousarray(v, dtype=np.float32))
 
 
 def link_files(source: Path, tmp: Path, names: list[str], records: Records) -> Records:
@@ -50,7 +50,8 @@ def write_append(tmp: Path, *, source: Path, previous: dict, indexes: dict[str, 
                  new: NewRows | None, items: ItemSegments) -> Records:
     """An append: the previous version's files linked, then the new segment (when ``new`` has rows) and item
     files written. A bundle of format 1 also gets the ids file of its rows so far (segment 0)."""
-    carried = link_files(source, tmp, bundle_files(previous), previous.get("checksums") or {})
+    records = previous.get("checksums") or {}
+    carried = link_files(source, tmp, sorted({*bundle_files(previous), *records}), records)
     if previous["format_version"] < 2:
         rows.write(tmp, 0)
     if new is not None:
