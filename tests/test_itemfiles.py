@@ -4,14 +4,13 @@ append, a crash at any step leaving the old or the new bundle."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crashpoints import die_at_fs_call
+from crashpoints import die_at_fs_call, every_crash_point
 from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
 from retrieval.index.bundle import IndexBundle
@@ -150,20 +149,16 @@ def _crash_at(step: int, folder: str) -> None:
 
 
 def test_a_crash_at_any_step_of_an_append_leaves_the_old_or_the_new_items(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
     old_ids = payload(40)["item_ids"]
-    step, seen = 1, set()
-    while True:
-        folder, _, _ = _bundle(tmp_path / f"s{step}", n=40, items=_columns(old_ids))
-        proc = ctx.Process(target=_crash_at, args=(step, str(folder)))
-        proc.start()
-        proc.join(60)
+    seen = set()
+
+    def check(step: int, folder: str) -> None:
         loaded = IndexBundle.load(folder)
         assert loaded.item_columns() == _columns(loaded.item_ids), step
         assert verify_bundle(folder) == [], step
         seen.add(len(loaded.item_ids))
-        if proc.exitcode == 0:
-            break
-        assert proc.exitcode == 9
-        step += 1
-    assert step >= 3 and seen == {40, 45}
+
+    def prepare(step: int) -> str:
+        return str(_bundle(tmp_path / f"s{step}", n=40, items=_columns(old_ids))[0])
+
+    assert every_crash_point(prepare, _crash_at, check) >= 3 and seen == {40, 45}

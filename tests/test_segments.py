@@ -4,15 +4,15 @@ migrate on their next append, and damaged segments are named."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crashpoints import die_at_fs_call
+from crashpoints import die_at_fs_call, every_crash_point
 from dgmrec_core.errors import DataError
 from retrieval.index import segments, storage
 from retrieval.index.bundle import IndexBundle
@@ -194,7 +194,7 @@ def test_an_append_past_the_threshold_compacts(tmp_path: Path, monkeypatch: pyte
     assert verify_bundle(bundle.folder) == []
 
 
-def _crash_at(step: int, folder: str, threshold: int) -> None:
+def _crash_at(step: int, folder: str, *, threshold: int) -> None:
     """Append (compacting past ``threshold`` segments), dying like kill -9 at the ``step``-th rename, replace
     or symlink."""
     segments.MAX_SEGMENTS = threshold
@@ -207,25 +207,22 @@ def _crash_at(step: int, folder: str, threshold: int) -> None:
 @pytest.mark.parametrize("threshold", [16, 2], ids=["append", "compacting-append"])
 def test_a_crash_at_any_step_of_a_segmented_append_leaves_the_old_or_the_new_bundle(tmp_path: Path,
                                                                                   threshold: int) -> None:
-    ctx = multiprocessing.get_context("fork")
-    step, seen = 1, set()
-    while True:
+    seen = set()
+
+    def prepare(step: int) -> str:
         bundle, _ = _build(tmp_path / f"s{step}" / "shop", 40)
         _append(bundle, 3, 40)
-        proc = ctx.Process(target=_crash_at, args=(step, str(bundle.folder), threshold))
-        proc.start()
-        proc.join(60)
-        loaded = IndexBundle.load(bundle.folder)
+        return str(bundle.folder)
+
+    def check(step: int, folder: str) -> None:
+        loaded = IndexBundle.load(folder)
         assert loaded.segments in ([40, 3], [40, 3, 5] if threshold == 16 else [48]), step
-        assert loaded.item_columns() == _columns(loaded.item_ids) and verify_bundle(bundle.folder) == []
+        assert loaded.item_columns() == _columns(loaded.item_ids) and verify_bundle(folder) == []
         seen.add(len(loaded))
         _append(loaded, 2, 900)  # the next writer cleans up and works
-        assert verify_bundle(bundle.folder) == []
-        if proc.exitcode == 0:
-            break
-        assert proc.exitcode == 9
-        step += 1
-    assert step >= 4 and seen == {43, 48}
+        assert verify_bundle(folder) == []
+
+    assert every_crash_point(prepare, partial(_crash_at, threshold=threshold), check) >= 4 and seen == {43, 48}
 
 
 def test_a_bundle_of_format_1_loads_and_migrates_on_its_next_append(tmp_path: Path) -> None:

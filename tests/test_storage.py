@@ -12,7 +12,7 @@ import pytest
 
 from retrieval.index.bundle import IndexBundle
 from retrieval.index.storage import IndexMismatch, index_lock, verify_bundle
-from crashpoints import die_at_fs_call
+from crashpoints import die_at_fs_call, every_crash_point
 from test_indexes import build, payload, to_format_1
 from ui.cli import main
 
@@ -170,7 +170,7 @@ def test_concurrent_add_items_lose_nothing(tmp_path: Path) -> None:
         assert verify_bundle(folder) == []
 
 
-def _crash_at(step: int, folder: str, legacy: bool) -> None:
+def _crash_at(step: int, folder: str) -> None:
     """Add items, dying (like kill -9) at the ``step``-th rename, replace or symlink call."""
     bundle = IndexBundle.load(folder)
     die_at_fs_call(step)
@@ -181,19 +181,20 @@ def _crash_at(step: int, folder: str, legacy: bool) -> None:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["versioned", "older-real-folder"])
 def test_a_crash_at_any_step_leaves_the_old_or_the_new_bundle(tmp_path: Path, legacy: bool) -> None:
-    ctx = multiprocessing.get_context("fork")
     old_ids, new_ids = [f"item{i}" for i in range(40)], [f"item{i}" for i in range(45)]
-    step, seen = 1, set()
-    while True:
+    seen = set()
+
+    def prepare(step: int) -> str:
         shutil.rmtree(tmp_path / "indexes", ignore_errors=True)
         folder, _, _ = _bundle(tmp_path)
         if legacy:  # a bundle written before versioned folders: a real folder
             real = folder.resolve()
             folder.unlink()
             real.rename(folder)
-        proc = ctx.Process(target=_crash_at, args=(step, str(folder), legacy))
-        proc.start()
-        proc.join(60)
+        return str(folder)
+
+    def check(step: int, name: str) -> None:
+        folder = Path(name)
         loaded = IndexBundle.load(folder)
         assert loaded.item_ids in (old_ids, new_ids), step
         assert loaded.features("image").shape[0] == len(loaded.item_ids)
@@ -203,8 +204,5 @@ def test_a_crash_at_any_step_leaves_the_old_or_the_new_bundle(tmp_path: Path, le
         loaded.add_items(more["item_ids"], more["modality_vectors"], more["generated"], more["fused"])
         assert len(IndexBundle.load(folder)) == len(loaded.item_ids) and verify_bundle(folder) == []
         assert _leftovers(folder.parent) == []
-        if proc.exitcode == 0:
-            break
-        assert proc.exitcode == 9
-        step += 1
-    assert step >= 4 and seen == {40, 45}
+
+    assert every_crash_point(prepare, _crash_at, check) >= 4 and seen == {40, 45}
