@@ -142,6 +142,7 @@ def test_approximate_kinds_search_their_segments_as_the_writer_does(tmp_path: Pa
     parts = [first, _append(bundle, 300, 3000), _append(bundle, 200, 3300)]
     loaded = IndexBundle.load(bundle.folder)
     assert loaded.segments == [3000, 300, 200] and loaded.indexes["image"].kind == kind
+    assert loaded.indexes["text"].segments == (3 if kind == "hnsw" else 1)  # HNSW: graphs searched together
     queries = _queries(40)
     _assert_same_search(loaded, bundle, queries)  # merged on load exactly as the writer added them
     whole = _joined(*parts)

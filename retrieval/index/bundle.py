@@ -263,12 +263,14 @@ class IndexBundle:
         old_n = len(self)
         new = NewRows(vectors, fused) if ids else None
         rows = self._table.extended(ids, flags) if ids else self._table
+        compacting = len(rows.segments) > _segments.MAX_SEGMENTS
+        joined = self._joined_items(item_segments) if compacting else None  # read before the indexes change
         for m, v in [*vectors.items(), (FUSED, fused)] if ids else ():
             self.indexes[m].add(v)
-        if len(rows.segments) > _segments.MAX_SEGMENTS:
+        if compacting:
             log.info("index %s: %d segments, more than %d: rewriting it as one", self.folder, len(rows.segments),
                      _segments.MAX_SEGMENTS)
-            self._write_compacted(rows, new, item_segments, changes)
+            self._write_compacted(rows, new, joined, changes)
         else:
             self._publish(self._next_meta(rows, changes), rows, lambda tmp: write_append(
                 tmp, source=self.path, previous=self.meta, indexes=self.indexes, rows=rows, new=new,
@@ -280,14 +282,17 @@ class IndexBundle:
         any write; False (nothing written) when it already is one."""
         if len(self.segments) == 1 and len(self.meta.get("item_files", ())) <= 1:
             return False
-        self._write_compacted(self._table, None, [], {})
+        self._write_compacted(self._table, None, self._joined_items([]), {})
         return True
 
-    def _write_compacted(self, rows: RowTable, new: NewRows | None, item_segments: ItemSegments,
-                         changes: dict) -> None:
+    def _joined_items(self, item_segments: ItemSegments) -> Columns | None:
+        """The item columns of every row, with those of ``item_segments`` after them (None: no item data)."""
         items = self.item_columns() if self.has_item_files else None
         for _, _, columns in item_segments:
             items = columns if items is None else {c: items[c] + columns[c] for c in items}
+        return items
+
+    def _write_compacted(self, rows: RowTable, new: NewRows | None, items: Columns | None, changes: dict) -> None:
         if items is not None:
             changes = {**changes, "item_files": [segment_name(0)], "item_columns": list(items)}
         rows = rows.joined()

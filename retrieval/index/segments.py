@@ -64,9 +64,10 @@ def segment_rows(meta: dict) -> list[int]:
 def segment_files(meta: dict, k: int) -> list[str]:
     """The files of segment ``k``: indexes (and "ivfpq" full vectors), features, fused items, ids (format 2)."""
     out = []
+    kinds = meta.get("index_kinds") if isinstance(meta.get("index_kinds"), dict) else {}
     for key in [*meta["modalities"], FUSED]:
         out.append(index_file(key, k))
-        if meta.get("index_kinds", {}).get(key) == "ivfpq":
+        if kinds.get(key) == "ivfpq":
             out.append(sidecar(Path(index_file(key, k))).name)
     out += [*(features_file(m, k) for m in meta["modalities"]), fused_file(k)]
     return out + ([ids_file(k)] if meta["format_version"] >= 2 else [])
