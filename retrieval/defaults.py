@@ -15,6 +15,10 @@ AUTO_EXACT_MAX = 50_000  # index kind "auto": exact search below this many rows,
 # ... and IVF-PQ (codes in memory, full vectors re-read from disk) once IVF's float32 vectors, n x d x 4
 # bytes, would exceed this: 2,097,152 rows at d = 512 (benchmarks/RESULTS.md section 9).
 AUTO_COMPRESS_BYTES = 4 * 1024**3
+# Index bundles: each add-items writes one more segment (only its rows); an append that would make more
+# segments than this rewrites the bundle as one instead, so at most 1 in MAX_SEGMENTS appends rewrites the
+# catalog (retrieval/index/segments.py, docs/DESIGN.md "Bundle format").
+MAX_SEGMENTS = 16
 
 # `dgmrec demo`: DGMRec validated every epoch, stopping after 2 validations without a better Recall@20, at
 # most 10 epochs, and a shorter generation refit. On the sample shop the best validation epoch is 3-7

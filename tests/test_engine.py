@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from conftest import make_toy_dataset
+from test_indexes import to_format_1
 from dgmrec_core.checkpoint import load_model
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
@@ -423,9 +424,10 @@ def test_a_bundle_written_before_item_files_loads_and_its_next_add_items_migrate
     del meta["item_columns"]
     meta["extra"]["items"] = columns
     (folder / "meta.json").write_text(json.dumps(meta))
+    to_format_1(folder)  # and before segments: item ids and generated flags inside meta.json
 
     engine = SearchEngine.load(folder, encoder=built.encoder)
-    assert not engine.bundle.has_item_files
+    assert not engine.bundle.has_item_files and engine.bundle.meta["format_version"] == 1
     ids = built.engine.bundle.item_ids
     assert [engine.item(i) for i in engine.bundle.item_ids] == [built.engine.item(i) for i in ids]
     shop = built.catalog.parent
@@ -434,7 +436,8 @@ def test_a_bundle_written_before_item_files_loads_and_its_next_add_items_migrate
     assert add_items(engine, catalog) == ["m1"]
     reloaded = SearchEngine.load(folder, encoder=built.encoder)
     assert reloaded.bundle.meta["item_files"] == ["items-000000.json", "items-000001.json"]
-    assert "items" not in reloaded.bundle.meta["extra"]
+    assert "items" not in reloaded.bundle.meta["extra"] and reloaded.bundle.meta["format_version"] == 2
+    assert reloaded.bundle.segments == [len(ids), 1] and reloaded.bundle.item_ids == [*ids, "m1"]
     assert reloaded.item("p001") == built.engine.item("p001") and reloaded.item("m1") == engine.item("m1")
 
 

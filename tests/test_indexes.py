@@ -7,6 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
+from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
 from retrieval.index import storage, vectors
 from retrieval.index.bundle import IndexBundle
@@ -52,6 +53,28 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / truth.shape[1] for a, b in zip(found, truth)]))
+
+
+def to_format_1(folder) -> None:
+    """Turn a bundle of one segment into one written before segments (format 1): item ids and generated flags
+    inside meta.json, no ids file."""
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta.pop("segments") == [meta["count"]]
+    ids = json.loads((folder / "ids.json").read_text())
+    (folder / "ids.json").unlink()
+    meta["checksums"].pop("ids.json")
+    meta.update(format_version=1, item_ids=ids["item_ids"],
+                generated={m: [c == "1" for c in flags] for m, flags in ids["generated"].items()})
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def record(folder, *names) -> None:
+    """Record the files ``names`` as they are now in meta.json's checksums (a test that replaces a file on
+    purpose, past the size check)."""
+    meta = json.loads((folder / "meta.json").read_text())
+    for name in names:
+        meta["checksums"][name] = {"size": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+    (folder / "meta.json").write_text(json.dumps(meta))
 
 
 def _leftovers(parent) -> list[str]:
@@ -142,7 +165,7 @@ def test_bundle_build_load_round_trip(tmp_path):
     folder = tmp_path / "indexes" / "shop"
     bundle, data = build(folder, extra={"note": "demo", "pref": np.arange(3.0)})
     assert sorted(p.name for p in folder.iterdir()) == [
-        "extra_pref.npy", "features_image.npy", "features_text.npy", "fused.faiss", "image.faiss",
+        "extra_pref.npy", "features_image.npy", "features_text.npy", "fused.faiss", "ids.json", "image.faiss",
         "items.npy", "meta.json", "meta.json.sha256", "text.faiss"]
     assert folder.is_symlink() and folder.resolve().parent == folder.parent
     assert _leftovers(folder.parent) == []  # no temp folders left
@@ -256,6 +279,7 @@ def test_load_refuses_row_count_mismatch(tmp_path):
     folder = tmp_path / "b"
     build(folder, n=20)
     VectorIndex.build(np.ones((19, DIMS["text"]))).save(folder / "text.faiss")
+    record(folder, "text.faiss")
     with pytest.raises(IndexMismatch, match=f"{folder}.*text.faiss has 19 rows.*20 items"):
         IndexBundle.load(folder)
 

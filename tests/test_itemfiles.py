@@ -4,20 +4,19 @@ append, a crash at any step leaving the old or the new bundle."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from crashpoints import die_at_fs_call
+from crashpoints import die_at_fs_call, every_crash_point
 from dgmrec_core.atomic import sha256_file
 from dgmrec_core.errors import DataError
 from retrieval.index.bundle import IndexBundle
 from retrieval.index.info import BuildInfo, ItemStore
 from retrieval.index.storage import IndexMismatch, verify_bundle
-from test_indexes import payload
+from test_indexes import payload, to_format_1
 
 
 def _columns(ids: list[str]) -> dict[str, list]:
@@ -108,12 +107,16 @@ def _written_before(folder: Path, columns: dict[str, list]) -> None:
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
-def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_path: Path) -> None:
+@pytest.mark.parametrize("format_1", [False, True], ids=["format-2", "format-1"])
+def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_path: Path, format_1: bool) -> None:
     ids = payload(20)["item_ids"]
     folder, _, _ = _bundle(tmp_path, items=_columns(ids))
     _written_before(folder, _columns(ids))
+    if format_1:  # and before segments: item ids and generated flags inside meta.json too
+        to_format_1(folder)
     old = IndexBundle.load(folder)
     assert not old.has_item_files and old.item_columns() is None
+    assert old.meta["format_version"] == (1 if format_1 else 2) and old.item_ids == ids
     assert BuildInfo.read(_WithInfo(old)).items == ItemStore.from_columns(_columns(ids))
     with pytest.raises(DataError, match="give the data of its items too"):
         _append(old, 3, 100, items=_columns(payload(3, start=100)["item_ids"]))
@@ -122,6 +125,8 @@ def test_a_bundle_written_before_item_files_loads_and_migrates_on_append(tmp_pat
     loaded = IndexBundle.load(folder)
     assert loaded.meta["item_files"] == ["items-000000.json", "items-000001.json"]
     assert loaded.item_columns() == _columns(ids + new) and "items" not in loaded.meta["extra"]
+    assert loaded.meta["format_version"] == 2 and loaded.segments == [20, 3] and loaded.item_ids == ids + new
+    assert "item_ids" not in loaded.meta and (folder / "ids.json").is_file()
     assert verify_bundle(folder) == []
 
 
@@ -144,20 +149,16 @@ def _crash_at(step: int, folder: str) -> None:
 
 
 def test_a_crash_at_any_step_of_an_append_leaves_the_old_or_the_new_items(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
     old_ids = payload(40)["item_ids"]
-    step, seen = 1, set()
-    while True:
-        folder, _, _ = _bundle(tmp_path / f"s{step}", n=40, items=_columns(old_ids))
-        proc = ctx.Process(target=_crash_at, args=(step, str(folder)))
-        proc.start()
-        proc.join(60)
+    seen = set()
+
+    def check(step: int, folder: str) -> None:
         loaded = IndexBundle.load(folder)
         assert loaded.item_columns() == _columns(loaded.item_ids), step
         assert verify_bundle(folder) == [], step
         seen.add(len(loaded.item_ids))
-        if proc.exitcode == 0:
-            break
-        assert proc.exitcode == 9
-        step += 1
-    assert step >= 3 and seen == {40, 45}
+
+    def prepare(step: int) -> str:
+        return str(_bundle(tmp_path / f"s{step}", n=40, items=_columns(old_ids))[0])
+
+    assert every_crash_point(prepare, _crash_at, check) >= 3 and seen == {40, 45}

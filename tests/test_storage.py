@@ -12,8 +12,8 @@ import pytest
 
 from retrieval.index.bundle import IndexBundle
 from retrieval.index.storage import IndexMismatch, index_lock, verify_bundle
-from crashpoints import die_at_fs_call
-from test_indexes import build, payload
+from crashpoints import die_at_fs_call, every_crash_point
+from test_indexes import build, payload, to_format_1
 from ui.cli import main
 
 KINDS = ["image.faiss", "fused.faiss", "features_text.npy", "items.npy", "extra_pref.npy", "model.pt", "meta.json"]
@@ -43,9 +43,9 @@ def test_verify_names_a_flipped_byte_in_each_kind_of_file(tmp_path: Path, name: 
     assert verify_bundle(folder) == []
     assert main(["verify", "--index", str(folder)]) == 0
     assert "ok:" in capsys.readouterr().out
-    if name == "meta.json":  # a digit of an id changes, the JSON stays valid
+    if name == "meta.json":  # a letter of the model fingerprint changes, the JSON stays valid
         text = (folder / name).read_text()
-        (folder / name).write_text(text.replace("item17", "item71", 1))
+        (folder / name).write_text(text.replace('"model-a"', '"model-b"', 1))
     else:
         _flip(folder / name)
     problems = verify_bundle(folder)
@@ -86,14 +86,20 @@ def test_load_refuses_a_truncated_array_of_an_older_bundle(tmp_path: Path) -> No
         IndexBundle.load(folder)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("item_ids", "abc", "'item_ids' has the wrong type"),
-    ("item_ids", [1, 2], "item_ids must all be strings"),
-    ("dims", {"image": "16", "text": 12}, "modality 'image' has no integer dimension"),
-    ("generated", {"image": 3, "text": 4}, "generated flags of 'image'"),
+@pytest.mark.parametrize("field, value, message, format_1", [
+    ("item_ids", "abc", "'item_ids' has the wrong type", True),
+    ("item_ids", [1, 2], "item_ids must all be strings", True),
+    ("dims", {"image": "16", "text": 12}, "modality 'image' has no integer dimension", False),
+    ("generated", {"image": 3, "text": 4}, "generated flags of 'image'", True),
+    ("segments", "abc", "'segments' has the wrong type", False),
+    ("segments", [30, 5], "'segments' must list the rows of each segment, 40 in all", False),
+    ("count", True, "'count' has the wrong type", False),
+    ("format_version", 3, "format version 3, this code reads 1, 2", False),
 ])
-def test_load_refuses_malformed_metadata(tmp_path: Path, field: str, value, message: str) -> None:
+def test_load_refuses_malformed_metadata(tmp_path: Path, field: str, value, message: str, format_1: bool) -> None:
     folder, _, _ = _bundle(tmp_path)
+    if format_1:
+        to_format_1(folder)
     meta = json.loads((folder / "meta.json").read_text())
     meta[field] = value
     (folder / "meta.json").write_text(json.dumps(meta))
@@ -164,7 +170,7 @@ def test_concurrent_add_items_lose_nothing(tmp_path: Path) -> None:
         assert verify_bundle(folder) == []
 
 
-def _crash_at(step: int, folder: str, legacy: bool) -> None:
+def _crash_at(step: int, folder: str) -> None:
     """Add items, dying (like kill -9) at the ``step``-th rename, replace or symlink call."""
     bundle = IndexBundle.load(folder)
     die_at_fs_call(step)
@@ -175,19 +181,20 @@ def _crash_at(step: int, folder: str, legacy: bool) -> None:
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["versioned", "older-real-folder"])
 def test_a_crash_at_any_step_leaves_the_old_or_the_new_bundle(tmp_path: Path, legacy: bool) -> None:
-    ctx = multiprocessing.get_context("fork")
     old_ids, new_ids = [f"item{i}" for i in range(40)], [f"item{i}" for i in range(45)]
-    step, seen = 1, set()
-    while True:
+    seen = set()
+
+    def prepare(step: int) -> str:
         shutil.rmtree(tmp_path / "indexes", ignore_errors=True)
         folder, _, _ = _bundle(tmp_path)
         if legacy:  # a bundle written before versioned folders: a real folder
             real = folder.resolve()
             folder.unlink()
             real.rename(folder)
-        proc = ctx.Process(target=_crash_at, args=(step, str(folder), legacy))
-        proc.start()
-        proc.join(60)
+        return str(folder)
+
+    def check(step: int, name: str) -> None:
+        folder = Path(name)
         loaded = IndexBundle.load(folder)
         assert loaded.item_ids in (old_ids, new_ids), step
         assert loaded.features("image").shape[0] == len(loaded.item_ids)
@@ -197,8 +204,5 @@ def test_a_crash_at_any_step_leaves_the_old_or_the_new_bundle(tmp_path: Path, le
         loaded.add_items(more["item_ids"], more["modality_vectors"], more["generated"], more["fused"])
         assert len(IndexBundle.load(folder)) == len(loaded.item_ids) and verify_bundle(folder) == []
         assert _leftovers(folder.parent) == []
-        if proc.exitcode == 0:
-            break
-        assert proc.exitcode == 9
-        step += 1
-    assert step >= 4 and seen == {40, 45}
+
+    assert every_crash_point(prepare, _crash_at, check) >= 4 and seen == {40, 45}

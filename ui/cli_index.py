@@ -1,4 +1,5 @@
-"""`dgmrec build`, `search`, `recommend`, `add-items`: indexes and queries on the command line."""
+"""`dgmrec build`, `search`, `recommend`, `add-items`, `verify`, `compact`: indexes and queries on the command
+line."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from retrieval.build.options import BuildOptions
+from retrieval.defaults import MAX_SEGMENTS
 from retrieval.encode.spec import EncoderSpec
 from dgmrec_core.options import choices_of, help_of
 from ui.cli_train import add_config_arguments, config_from_args
@@ -117,12 +119,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact(args: argparse.Namespace) -> int:
+    from retrieval.index.bundle import IndexBundle
+
+    folder = _index_dir(args.index)
+    bundle = IndexBundle.load(folder)
+    before = len(bundle.segments)
+    if bundle.compact():
+        print(f"compacted {folder}: {before} segments -> 1 ({len(bundle)} items)")
+    else:
+        print(f"{folder} is one segment already ({len(bundle)} items): nothing written")
+    return 0
+
+
 def _add_index_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--index", required=True, help="index folder, or the name of one under ./indexes/")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    for add in (_register_build, _register_search, _register_recommend, _register_add_items, _register_verify):
+    for add in (_register_build, _register_search, _register_recommend, _register_add_items, _register_verify,
+                _register_compact):
         add(sub)
 
 
@@ -204,3 +220,12 @@ def _register_verify(sub: argparse._SubParsersAction) -> None:
                                    "sha256 recorded when it was written; names each bad file (exit code 1).")
     _add_index_argument(p)
     p.set_defaults(func=cmd_verify)
+
+
+def _register_compact(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compact", help="rewrite an index as one segment (add-items adds one segment each)",
+                       description="Each add-items adds a segment of files to the index (only the new rows are "
+                                   f"written); past {MAX_SEGMENTS} segments add-items rewrites the index as one. "
+                                   "This rewrites it as one segment now (a new version, like any write).")
+    _add_index_argument(p)
+    p.set_defaults(func=cmd_compact)

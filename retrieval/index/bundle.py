@@ -2,29 +2,37 @@
 
 ``IndexBundle`` is the folder ``indexes/<name>/``: ``<modality>.faiss`` per modality (raw feature
 space, every item present, generated rows flagged), ``fused.faiss`` over fused item embeddings for
-recommendations, the completed features ``features_<modality>.npy``, the fused matrix ``items.npy``
-``meta.json`` (``retrieval.index.storage``: versions, lock, checksums) and the per-item data in
-segments ``items-<k>.json`` (``retrieval.index.itemfiles``), which appends add to without rewriting.
+recommendations, the completed features ``features_<modality>.npy``, the fused matrix ``items.npy``, the
+item ids and generated flags ``ids.json``, ``meta.json`` (``retrieval.index.storage``: versions, lock,
+checksums) and the per-item data in ``items-<k>.json`` (``retrieval.index.itemfiles``). Each append adds
+one segment of these files holding only its rows (``retrieval.index.segments``, ``retrieval.index.writes``);
+past ``MAX_SEGMENTS`` segments an append rewrites the bundle as one (``compact``).
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from dgmrec_core.atomic import sha256_file as _sha256
 from dgmrec_core.errors import DataError
 from dgmrec_core.jsonfiles import canonical
-from retrieval.index.itemfiles import Columns, check_columns, link_or_copy, read_segments, segment_name, write_segment
+from retrieval.index import segments as _segments
+from retrieval.index.itemfiles import Columns, check_columns, read_segments, segment_name, write_segment
 from retrieval.index.payload import FUSED, check_new_ids, check_payload, files_to_copy, item_files, split_extra
-from retrieval.index.storage import (FORMAT_VERSION, META, IndexMismatch, check_sizes, current_bundle_version,
-                                     read_meta, write_bundle)
-from retrieval.index.vectors import ADD_CHUNK, VectorIndex
+from retrieval.index.segments import (RowTable, bundle_files, check_arrays, features_file, fused_file, index_file,
+                                      load_indexes, open_rows)
+from retrieval.index.storage import (FORMAT_VERSION, META, IndexMismatch, Records, check_sizes,
+                                     current_bundle_version, read_meta, write_bundle)
+from retrieval.index.vectors import VectorIndex
+from retrieval.index.writes import ItemSegments, NewRows, save_arrays, write_append, write_compacted
 
+log = logging.getLogger("dgmrec.index")
 
 
 @dataclass(frozen=True)
@@ -59,19 +67,20 @@ def _exclusion_sets(exclude_rows: Any, n_queries: int) -> list[np.ndarray]:
 
 
 class IndexBundle:
-    """The folder of per-modality indexes, the fused index, completed features and ``meta.json``."""
+    """The folder of per-modality indexes, the fused index, completed features, item ids and ``meta.json``."""
 
-    def __init__(self, folder: Path, meta: dict, indexes: dict[str, VectorIndex], path: Path | None = None) -> None:
+    def __init__(self, folder: Path, meta: dict, indexes: dict[str, VectorIndex], path: Path, rows: RowTable) -> None:
         self.folder = folder  # the bundle's name (a link to its current version)
-        self.path = path or folder  # the version folder this snapshot was read from
+        self.path = path  # the version folder this snapshot was read from
         self.indexes = indexes
         meta_file = self.path / META
         self._meta_sha = _sha256(meta_file) if meta_file.is_file() else None  # detects later writers
-        self._set_meta(meta)
+        self._set(meta, rows)
 
-    def _set_meta(self, meta: dict) -> None:
+    def _set(self, meta: dict, rows: RowTable) -> None:
         self.meta = meta
-        self.generated = {m: np.asarray(meta["generated"][m], dtype=bool) for m in meta["modalities"]}
+        self._table = rows
+        self.generated = rows.generated
         self._any_generated = np.any([self.generated[m] for m in meta["modalities"]], axis=0)
         self._rows: dict[str, int] | None = None
         self._item_columns: Columns | None = None
@@ -79,7 +88,12 @@ class IndexBundle:
     # ------------------------------------------------------------------ accessors
     @property
     def item_ids(self) -> list[str]:
-        return self.meta["item_ids"]
+        return self._table.ids
+
+    @property
+    def segments(self) -> list[int]:
+        """The row count of each segment (one per append since the build or the last compaction)."""
+        return list(self._table.segments)
 
     @property
     def modalities(self) -> list[str]:
@@ -106,15 +120,16 @@ class IndexBundle:
             self._rows = {item: row for row, item in enumerate(self.item_ids)}
         return self._rows[item_id]
 
-    def features(self, modality: str) -> np.ndarray:
-        """Completed raw features of ``modality`` (observed + generated rows), memory-mapped."""
+    def features(self, modality: str) -> np.ndarray | _segments.SegmentedRows:
+        """Completed raw features of ``modality`` (observed + generated rows), memory-mapped; over several
+        segments a ``SegmentedRows`` (shape, slicing and row indexing like an array; ``np.asarray`` joins)."""
         if modality not in self.meta["modalities"]:
             raise KeyError(f"no modality {modality!r} in {self.folder} (has {', '.join(self.modalities)})")
-        return np.load(self.path / f"features_{modality}.npy", mmap_mode="r")
+        return open_rows(self.path, [features_file(modality, k) for k in range(len(self.segments))])
 
-    def fused_items(self) -> np.ndarray:
-        """Fused item embeddings (n, d_fused), memory-mapped."""
-        return np.load(self.path / "items.npy", mmap_mode="r")
+    def fused_items(self) -> np.ndarray | _segments.SegmentedRows:
+        """Fused item embeddings (n, d_fused), memory-mapped (like ``features``)."""
+        return open_rows(self.path, [fused_file(k) for k in range(len(self.segments))])
 
     @property
     def has_item_files(self) -> bool:
@@ -157,6 +172,7 @@ class IndexBundle:
         items = None if items is None else check_columns(folder, items, len(ids))
         indexes = {m: VectorIndex.build(v, kind=kind) for m, v in vectors.items()}
         indexes[FUSED] = VectorIndex.build(fused, kind=kind)
+        rows = RowTable(ids, flags, [len(ids)])
         meta = {
             "format_version": FORMAT_VERSION,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -168,19 +184,19 @@ class IndexBundle:
             "index_kinds": {m: ix.kind for m, ix in indexes.items()},
             "index_params": {m: ix.params for m, ix in indexes.items()},
             "count": len(ids),
+            "segments": list(rows.segments),
             "extra": plain,
             "extra_arrays": sorted(arrays),
             "files": sorted(files),
             "item_files": [] if items is None else [segment_name(0)],
             "item_columns": [] if items is None else list(items),
-            "item_ids": ids,
-            "generated": {m: f.tolist() for m, f in flags.items()},
         }
 
         def write(tmp: Path) -> None:
-            for m, v in vectors.items():
-                np.save(tmp / f"features_{m}.npy", np.ascontiguousarray(v, dtype=np.float32))
-            np.save(tmp / "items.npy", np.ascontiguousarray(fused, dtype=np.float32))
+            for key, index in indexes.items():
+                index.save(tmp / index_file(key, 0))
+            save_arrays(tmp, 0, NewRows(vectors, fused))
+            rows.write(tmp, 0)
             for key, arr in arrays.items():
                 np.save(tmp / f"extra_{key}.npy", arr)
             for name, src in files.items():
@@ -188,8 +204,8 @@ class IndexBundle:
             if items is not None:
                 write_segment(tmp, segment_name(0), 0, items)
 
-        meta, path = write_bundle(folder, meta, indexes, write)
-        return cls(folder, meta, indexes, path)
+        meta, path = write_bundle(folder, meta, write)
+        return cls(folder, meta, indexes, path, rows)
 
     @classmethod
     def load(cls, folder: str | Path, *, expect_model_fingerprint: str | None = None,
@@ -206,33 +222,15 @@ class IndexBundle:
             raise IndexMismatch(name, f"built with encoder {canonical(meta['encoder_fingerprint'])}, "
                                         f"expected encoder {canonical(expect_encoder_fingerprint)}: "
                                         "rebuild the indexes")
-        n = len(meta["item_ids"])
-        dims = {**meta["dims"], FUSED: meta["fused_dim"]}
-        indexes = {}
-        for key in [*meta["modalities"], FUSED]:
-            try:
-                index = VectorIndex.load(folder / f"{key}.faiss")
-            except DataError as exc:
-                raise IndexMismatch(name, f"{key}.faiss: {exc.problem}") from exc
-            if index.ntotal != n:
-                raise IndexMismatch(name, f"{key}.faiss has {index.ntotal} rows but meta.json lists {n} items")
-            if index.dim != dims[key]:
-                raise IndexMismatch(name, f"{key}.faiss has dimension {index.dim}, meta.json says {dims[key]}")
-            indexes[key] = index
-        for file in [*(f"features_{m}.npy" for m in meta["modalities"]), "items.npy",
-                     *(f"extra_{k}.npy" for k in meta["extra_arrays"]), *meta.get("files", ()),
-                     *item_files(name, meta)]:
+        item_files(name, meta)
+        for file in bundle_files(meta):
             if not (folder / file).is_file():
                 raise IndexMismatch(name, f"{file} is missing")
         check_sizes(name, folder, meta)
-        for m in meta["modalities"]:
-            try:
-                shape = np.load(folder / f"features_{m}.npy", mmap_mode="r").shape
-            except (OSError, ValueError, EOFError) as exc:
-                raise IndexMismatch(name, f"features_{m}.npy is not a readable array ({exc})") from exc
-            if shape != (n, dims[m]):
-                raise IndexMismatch(name, f"features_{m}.npy has shape {shape}, expected {(n, dims[m])}")
-        return cls(name, meta, indexes, folder)
+        rows = RowTable.read(name, folder, meta)
+        indexes = load_indexes(name, folder, meta)
+        check_arrays(name, folder, meta)
+        return cls(name, meta, indexes, folder, rows)
 
     # ------------------------------------------------------------------ update
     def add_items(self, item_ids: Sequence[str], modality_vectors: dict[str, np.ndarray],
@@ -240,10 +238,12 @@ class IndexBundle:
                   items: Columns | None = None, earlier_items: Columns | None = None) -> np.ndarray:
         """Append items to every index (no rebuild) and save the bundle atomically; return their rows.
 
-        ``extra`` (JSON-serialisable) replaces meta.json's "extra" (None: kept). ``items``: the new rows'
-        per-item data, written as one more item file (the earlier ones are linked, not rewritten); required
-        when the bundle has item files. ``earlier_items``: the data of the rows already in the bundle, for a
-        bundle written before item files (written as the first item file).
+        The new rows become one more segment: only their files are written, the earlier ones are linked
+        (``retrieval.index.writes``); an append that would make more than ``segments.MAX_SEGMENTS``
+        segments rewrites the bundle as one instead (``compact``). ``extra`` (JSON-serialisable) replaces
+        meta.json's "extra" (None: kept). ``items``: the new rows' per-item data, written as one more item
+        file; required when the bundle has item files. ``earlier_items``: the data of the rows already in
+        the bundle, for a bundle written before item files (written as the first item file).
 
         Ids already in the bundle (or repeated) are refused with ``DataError``. If the save fails the
         bundle is reloaded from disk, so memory and disk stay in step.
@@ -252,49 +252,72 @@ class IndexBundle:
         check_new_ids(self.folder, ids, existing=self.item_ids)
         vectors, flags, fused = check_payload(self.folder, ids, modality_vectors, generated, fused,
                                               expect_dims=self.dims, fused_dim=self.meta["fused_dim"])
-        segments = self._new_segments(len(ids), items, earlier_items)
-        old_n = len(self)
-        meta = dict(self.meta)
-        meta["item_ids"] = self.item_ids + ids
-        meta["generated"] = {m: self.meta["generated"][m] + flags[m].tolist() for m in self.modalities}
-        meta["count"] = len(meta["item_ids"])
+        item_segments = self._new_segments(len(ids), items, earlier_items)
+        changes = {"item_files": [*self.meta.get("item_files", ()), *(name for name, _, _ in item_segments)],
+                   "item_columns": list(item_segments[0][2]) if item_segments else self.meta.get("item_columns", [])}
         if extra is not None:
-            meta["extra"], arrays = split_extra(self.folder, dict(extra), self.encoder_fingerprint)
+            changes["extra"], arrays = split_extra(self.folder, dict(extra), self.encoder_fingerprint)
             if arrays:
                 raise DataError(self.folder, f"extra arrays ({', '.join(arrays)}) are written by build only",
                                 field="extra")
-        meta["item_files"] = [*self.meta.get("item_files", ()), *(name for name, _, _ in segments)]
-        meta["item_columns"] = list(segments[0][2]) if segments else self.meta.get("item_columns", [])
-        meta["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for m, v in [*vectors.items(), (FUSED, fused)]:
+        old_n = len(self)
+        new = NewRows(vectors, fused) if ids else None
+        rows = self._table.extended(ids, flags) if ids else self._table
+        compacting = len(rows.segments) > _segments.MAX_SEGMENTS
+        joined = self._joined_items(item_segments) if compacting else None  # read before the indexes change
+        for m, v in [*vectors.items(), (FUSED, fused)] if ids else ():
             self.indexes[m].add(v)
-        source = self.path  # the snapshot loaded, never the live folder
+        if compacting:
+            log.info("index %s: %d segments, more than %d: rewriting it as one", self.folder, len(rows.segments),
+                     _segments.MAX_SEGMENTS)
+            self._write_compacted(rows, new, joined, changes)
+        else:
+            self._publish(self._next_meta(rows, changes), rows, lambda tmp: write_append(
+                tmp, source=self.path, previous=self.meta, indexes=self.indexes, rows=rows, new=new,
+                items=item_segments))
+        return np.arange(old_n, len(self), dtype=np.int64)
 
-        def write(tmp: Path) -> None:
-            for m, v in vectors.items():
-                _append_npy(source / f"features_{m}.npy", v, tmp / f"features_{m}.npy")
-            _append_npy(source / "items.npy", fused, tmp / "items.npy")
-            unchanged = [*(f"extra_{key}.npy" for key in meta["extra_arrays"]), *meta.get("files", ()),
-                         *self.meta.get("item_files", ())]
-            for name in unchanged:
-                link_or_copy(source / name, tmp / name)
-            for name, first_row, columns in segments:
-                write_segment(tmp, name, first_row, columns)
+    def compact(self) -> bool:
+        """Rewrite the bundle as one segment (every index, array, ids and item file whole), atomically like
+        any write; False (nothing written) when it already is one."""
+        if len(self.segments) == 1 and len(self.meta.get("item_files", ())) <= 1:
+            return False
+        self._write_compacted(self._table, None, self._joined_items([]), {})
+        return True
 
+    def _joined_items(self, item_segments: ItemSegments) -> Columns | None:
+        """The item columns of every row, with those of ``item_segments`` after them (None: no item data)."""
+        items = self.item_columns() if self.has_item_files else None
+        for _, _, columns in item_segments:
+            items = columns if items is None else {c: items[c] + columns[c] for c in items}
+        return items
+
+    def _write_compacted(self, rows: RowTable, new: NewRows | None, items: Columns | None, changes: dict) -> None:
+        if items is not None:
+            changes = {**changes, "item_files": [segment_name(0)], "item_columns": list(items)}
+        rows = rows.joined()
+        self._publish(self._next_meta(rows, changes), rows, lambda tmp: write_compacted(
+            tmp, source=self.path, previous=self.meta, indexes=self.indexes, rows=rows, new=new, items=items))
+
+    def _next_meta(self, rows: RowTable, changes: dict) -> dict:
+        """The meta.json of the next version: this one's (in format 2) with ``changes`` and the segments."""
+        meta = {k: v for k, v in self.meta.items() if k not in ("item_ids", "generated")}
+        return {**meta, **changes, "format_version": FORMAT_VERSION, "count": len(rows),
+                "segments": list(rows.segments), "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def _publish(self, meta: dict, rows: RowTable, write: Callable[[Path], Records]) -> None:
+        """Write the next version (``write`` fills its folder) and follow it; reload from disk on failure."""
         try:
-            meta, self.path = write_bundle(self.folder, meta, self.indexes, write,
-                                            expect_meta_sha=self._meta_sha)
+            meta, self.path = write_bundle(self.folder, meta, write, expect_meta_sha=self._meta_sha)
         except BaseException:
             fresh = IndexBundle.load(self.folder)
             self.indexes, self.path, self._meta_sha = fresh.indexes, fresh.path, fresh._meta_sha
-            self._set_meta(fresh.meta)
+            self._set(fresh.meta, fresh._table)
             raise
         self._meta_sha = _sha256(self.path / META)
-        self._set_meta(meta)
-        return np.arange(old_n, len(self), dtype=np.int64)
+        self._set(meta, rows)
 
-    def _new_segments(self, n_new: int, items: Columns | None, earlier: Columns | None
-                      ) -> list[tuple[str, int, Columns]]:
+    def _new_segments(self, n_new: int, items: Columns | None, earlier: Columns | None) -> ItemSegments:
         """The item files an append writes: (name, first row, columns), checked against the bundle's."""
         done = list(self.meta.get("item_files", ()))
         if items is None:
@@ -343,17 +366,3 @@ class IndexBundle:
         flags = self.generated.get(modality, self._any_generated)
         generated = np.where(valid, flags[np.maximum(rows, 0)], False)
         return SearchHits(rows=rows, scores=scores, generated=generated)
-
-
-# ---------------------------------------------------------------------- helpers
-def _append_npy(source: Path, new: np.ndarray, target: Path) -> None:
-    """Write ``source``'s rows followed by ``new`` to ``target`` without loading ``source`` whole."""
-    old = np.load(source, mmap_mode="r")
-    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32,
-                                    shape=(old.shape[0] + len(new), old.shape[1]))
-    for s in range(0, old.shape[0], ADD_CHUNK):
-        e = min(s + ADD_CHUNK, old.shape[0])
-        out[s:e] = old[s:e]
-    out[old.shape[0]:] = new
-    out.flush()
-    del out

@@ -7,9 +7,9 @@ a flat or IVF-flat index. Codes alone rank too coarsely for recall@10 >= 0.9, so
 vectors, which stay on disk: a float16 ``.npy`` of L2-normalised rows beside the index file
 (``<index file>.vectors.npy``), memory-mapped, so only the candidate rows are read.
 
-``RowStore`` is that second half: the full vectors as a list of segments (the memory map of the saved
-file, the array an index was built from, rows appended since), written out in chunks by ``write`` and
-read back with ``np.load(..., mmap_mode="r", allow_pickle=False)``.
+``RowStore`` is that second half: the full vectors as a list of segments (the files saved, one per
+bundle segment, the array an index was built from, rows appended since), written out in chunks by
+``write`` (all rows, or only those added since the last save) and read back by ``NpyRows``.
 """
 from __future__ import annotations
 
@@ -127,11 +127,17 @@ class RowStore:
 
     def __init__(self, segments: list[np.ndarray], dim: int) -> None:
         self.dim = dim
+        self._source: np.ndarray | None = None  # rows of a build, not normalised yet (``read_from``)
         self._set(segments)
 
     def _set(self, segments: list[np.ndarray]) -> None:
         self._segments = [s for s in segments if len(s)]
         self._starts = np.cumsum([0] + [len(s) for s in self._segments])
+
+    def read_from(self, x: np.ndarray) -> None:
+        """Hold the rows ``x`` an index was built from (by reference, normalised when read) until ``write``."""
+        self._source = x
+        self._set([x])
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -152,21 +158,33 @@ class RowStore:
             out[pick] = self._segments[s][rows[pick] - self._starts[s]]
         return _unit(out)
 
-    def chunks(self, size: int = CHUNK) -> Iterator[np.ndarray]:
-        """Every row in order, normalised, as float16 blocks of at most ``size`` rows."""
-        for segment in self._segments:
-            for s in range(0, len(segment), size):
-                yield _unit(segment[s:s + size]).astype(STORE_DTYPE)
+    def chunks(self, size: int = CHUNK, start: int = 0) -> Iterator[np.ndarray]:
+        """Every row from ``start`` on, in order, normalised, as float16 blocks of at most ``size`` rows (rows
+        stored already are copied as they are: normalising them again could move them by a rounding step)."""
+        for first, segment in zip(self._starts, self._segments):
+            skip = max(0, start - int(first))
+            for s in range(skip, len(segment), size):
+                block = segment[s:s + size]
+                yield _unit(block).astype(STORE_DTYPE) if segment is self._source else np.asarray(block)
 
-    def write(self, path: Path) -> None:
-        """Write every row to the ``.npy`` file ``path`` atomically (plain writes, no memory map, so a
-        build's resident memory does not grow by the file), then read from that file."""
+    def write(self, path: Path, start: int = 0) -> None:
+        """Write the rows from ``start`` on (a segment boundary: 0, or the rows saved before) to the ``.npy``
+        file ``path`` atomically (plain writes, no memory map, so a build's resident memory does not grow
+        by the file), then read those rows from that file."""
+        kept = [s for first, s in zip(self._starts, self._segments) if first < start]
+        if int(self._starts[len(kept)]) != start:
+            raise ValueError(f"row {start} is not where a segment of the store starts")
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(STORE_DTYPE)),
-                  "fortran_order": False, "shape": (len(self), self.dim)}
+                  "fortran_order": False, "shape": (len(self) - start, self.dim)}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, header)
-            f.writelines(np.ascontiguousarray(block).tobytes() for block in self.chunks())
-        self._set([NpyRows(path)])
+            f.writelines(np.ascontiguousarray(block).tobytes() for block in self.chunks(start=start))
+        self._set([*kept, NpyRows(path)])
+        self._source = None if start == 0 else self._source
+
+    def extend(self, other: RowStore) -> None:
+        """Append ``other``'s rows (the store of a later segment of the same index)."""
+        self._set([*self._segments, *other._segments])
 
     @classmethod
     def load(cls, path: Path, n: int, dim: int) -> RowStore:

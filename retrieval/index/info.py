@@ -2,8 +2,9 @@
 
 The build writes a :class:`BuildInfo` into meta.json's ``extra`` and its :class:`ItemStore` into the
 bundle's item files (``retrieval.index.itemfiles``); the engine, the page and the benchmarks read both back
-with :meth:`BuildInfo.read`. The JSON keys are those of format version 1, so bundles written before these
-types load unchanged (``generation_eval`` may be absent there, and the item store sits in ``extra``).
+with :meth:`BuildInfo.read`. The JSON keys of ``extra`` are those of format version 1 (format 2 changed
+only where the rows are stored), so bundles written before these types load unchanged (``generation_eval``
+may be absent there, and the item store sits in ``extra``).
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ class BuildInfo:
     @classmethod
     def read(cls, bundle: "IndexBundle") -> "BuildInfo":
         """A bundle's info: meta.json's ``extra`` and the items from the item files (any bundle of format
-        version 1; those written before item files hold the same columns in ``extra["items"]``)."""
+        version 1 or 2; those written before item files hold the same columns in ``extra["items"]``)."""
         extra = bundle.meta["extra"]
         columns = bundle.item_columns()
         return cls.from_extra(extra, ItemStore.from_columns(extra["items"] if columns is None else columns))

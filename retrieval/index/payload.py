@@ -13,10 +13,9 @@ import numpy as np
 
 from dgmrec_core.errors import DataError
 from retrieval.index.itemfiles import ITEM_FILE
+from retrieval.index.segments import FUSED, IDS_FILE, SEGMENT_SUFFIX
 from retrieval.index.storage import META, IndexMismatch
 from retrieval.index.vectors import check_matrix
-
-FUSED = "fused"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -39,9 +38,10 @@ def files_to_copy(folder: Path, files: dict[str, str | Path]) -> dict[str, Path]
     """Bundle file name -> existing source file, each name a plain one that no bundle file of its own takes."""
     out = {str(name): Path(src) for name, src in files.items()}
     for name, src in out.items():
-        if Path(name).name != name or name == META or name.endswith((".faiss", ".npy")) or ITEM_FILE.match(name):
+        if (Path(name).name != name or name == META or name.endswith((".faiss", ".npy")) or ITEM_FILE.match(name)
+                or IDS_FILE.match(name)):
             raise DataError(folder, f"bundle file name {name!r} must be a plain name, not {META}, "
-                                    f"*.faiss, *.npy or items-<k>.json", field="files")
+                                    f"*.faiss, *.npy, items-<k>.json or ids-<k>.json", field="files")
         if not src.is_file():
             raise DataError(src, "file to copy into the bundle does not exist", field="files")
     return out
@@ -82,9 +82,9 @@ def check_payload(folder: Path, ids: list[str], modality_vectors: dict[str, np.n
                                 f"{sorted(modality_vectors)}", field="generated")
     vectors, flags = {}, {}
     for m, v in modality_vectors.items():
-        if not _NAME.match(m) or m == FUSED:
-            raise DataError(folder, f"modality name {m!r} must match {_NAME.pattern} and not be "
-                                    f"{FUSED!r}", field="modality_vectors")
+        if not _NAME.match(m) or m == FUSED or SEGMENT_SUFFIX.search(m):
+            raise DataError(folder, f"modality name {m!r} must match {_NAME.pattern}, not be {FUSED!r} and "
+                                    "not end in -<6 digits>", field="modality_vectors")
         try:
             v = check_matrix(v, f"vectors of {m!r}", None if expect_dims is None else expect_dims[m])
         except DataError as exc:

@@ -8,7 +8,8 @@ crash at any moment leaves one of them loadable by name. Stale temp folders and 
 version are removed by the next write. A folder written before this layout is migrated on its next write.
 The mechanics live in ``dgmrec_core.versioned`` (training runs use them too). ``meta.json`` records the
 size and sha256 of every other file (``meta.json.sha256`` holds meta.json's own hash): sizes are checked
-at every load, hashes in full by :func:`verify_bundle`.
+at every load, hashes in full by :func:`verify_bundle`. A write that links a file of the previous version
+unchanged carries that file's record over instead of hashing it again (``file_records``).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from dgmrec_core.atomic import atomic_write_text, own_folder_problem
 from dgmrec_core.atomic import sha256_file as _sha256
 from dgmrec_core.errors import DataError
 from dgmrec_core.versioned import current_version, publish, remove_stale, write_lock
-from retrieval.index.vectors import VectorIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: item ids and generated flags in per-segment files, arrays and indexes in segments
+READ_VERSIONS = (1, 2)  # 1: item_ids and generated inside meta.json, one file per array and index
 META = "meta.json"
 META_SHA = "meta.json.sha256"  # sha256 of meta.json, which cannot record its own hash
 
@@ -81,9 +82,18 @@ def bundle_version(folder: str | Path) -> Path:
     return current_bundle_version(Path(folder))
 
 
-def file_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size and sha256 of every file of a bundle folder except meta.json and its hash."""
-    return {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+Records = dict[str, dict[str, Any]]  # file name -> {"size": bytes, "sha256": hex digest}
+
+
+def file_records(folder: Path, carried: Records | None = None) -> Records:
+    """Size and sha256 of every file of a bundle folder except meta.json and its hash.
+
+    ``carried``: the previous version's records of the files linked into ``folder`` unchanged; those are
+    taken as they are instead of hashing the file again, so an append hashes only what it wrote. A linked
+    file that was damaged keeps its old record, so loads (size) and ``verify_bundle`` (hash) still name it.
+    """
+    carried = carried or {}
+    return {p.name: dict(carried[p.name]) if p.name in carried else {"size": p.stat().st_size, "sha256": _sha256(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name not in (META, META_SHA)}
 
 
@@ -128,10 +138,12 @@ def verify_bundle(folder: str | Path) -> list[str]:
     return problems
 
 
-def write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], write_arrays: Callable[[Path], None],
+def write_bundle(folder: Path, meta: dict, write_files: Callable[[Path], Records | None],
                   expect_meta_sha: str | None = None) -> tuple[dict, Path]:
-    """Write a whole bundle into a new version folder and switch ``folder`` to it, under the lock.
+    """Write a bundle into a new version folder and switch ``folder`` to it, under the lock.
 
+    ``write_files(tmp)`` puts every file but meta.json into the folder being filled and returns the
+    records (from the previous meta.json) of the files it linked there unchanged, or None.
     ``expect_meta_sha``: refuse (``IndexMismatch``) when the bundle on disk changed since it was loaded.
     Returns the meta written (with generation and checksums) and the version folder.
     """
@@ -153,10 +165,8 @@ def write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], writ
         written = {}
 
         def fill(tmp: Path) -> None:
-            for name, index in indexes.items():
-                index.save(tmp / f"{name}.faiss")
-            write_arrays(tmp)
-            written.update(meta, generation=generation, checksums=file_records(tmp))
+            carried = write_files(tmp)
+            written.update(meta, generation=generation, checksums=file_records(tmp, carried))
             text = json.dumps(written, separators=(",", ":"))
             atomic_write_text(tmp / META, text)
             atomic_write_text(tmp / META_SHA, hashlib.sha256(text.encode()).hexdigest() + "\n")
@@ -166,13 +176,14 @@ def write_bundle(folder: Path, meta: dict, indexes: dict[str, VectorIndex], writ
     return written, version
 
 
-# meta.json keys and the JSON types they must have
+# meta.json keys and the JSON types they must have: in every format version, and per version
 _META_TYPES = {"format_version": int, "model_fingerprint": str, "encoder_fingerprint": (dict, str),
-               "modalities": list, "dims": dict, "fused_dim": int, "item_ids": list, "generated": dict,
-               "extra_arrays": list}
+               "modalities": list, "dims": dict, "fused_dim": int, "extra_arrays": list}
+_VERSION_TYPES = {1: {"item_ids": list, "generated": dict}, 2: {"count": int, "segments": list}}
 
 
 def read_meta(folder: Path, name: Path | None = None) -> dict:
+    """meta.json of a version folder, checked: its keys, their types and (format 1) the per-item lists."""
     name = name or folder
     path = folder / META
     if not path.is_file():
@@ -183,21 +194,34 @@ def read_meta(folder: Path, name: Path | None = None) -> dict:
         raise IndexMismatch(name, f"{META} is not valid JSON ({exc})") from exc
     if not isinstance(meta, dict):
         raise IndexMismatch(name, f"{META} must hold a JSON object")
-    missing = [key for key in _META_TYPES if key not in meta]
+    version = meta.get("format_version")
+    if isinstance(version, int) and version not in READ_VERSIONS:
+        raise IndexMismatch(name, f"format version {version}, this code reads "
+                                  f"{', '.join(map(str, READ_VERSIONS))}")
+    types = {**_META_TYPES, **_VERSION_TYPES.get(version, {})}
+    missing = [key for key in types if key not in meta]
     if missing:
         raise IndexMismatch(name, f"{META} lacks {', '.join(missing)}")
-    for key, kind in _META_TYPES.items():
-        if not isinstance(meta[key], kind):
+    for key, kind in types.items():
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
             raise IndexMismatch(name, f"{META}: '{key}' has the wrong type ({type(meta[key]).__name__})")
-    if meta["format_version"] != FORMAT_VERSION:
-        raise IndexMismatch(name, f"format version {meta['format_version']}, this code reads {FORMAT_VERSION}")
+    for m in meta["modalities"]:
+        if not isinstance(m, str) or not isinstance(meta["dims"].get(m), int):
+            raise IndexMismatch(name, f"{META}: modality {m!r} has no integer dimension in 'dims'")
+    if version == 1:
+        _check_items_v1(name, meta)
+    elif not all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in meta["segments"]) \
+            or not meta["segments"] or sum(meta["segments"]) != meta["count"]:
+        raise IndexMismatch(name, f"{META}: 'segments' must list the rows of each segment, {meta['count']} in all")
+    return meta
+
+
+def _check_items_v1(name: Path, meta: dict) -> None:
+    """Format 1 keeps the item ids and generated flags in meta.json: strings, and flags for every item."""
     n = len(meta["item_ids"])
     if not all(isinstance(i, str) for i in meta["item_ids"]):
         raise IndexMismatch(name, f"{META}: item_ids must all be strings")
     for m in meta["modalities"]:
-        if not isinstance(m, str) or not isinstance(meta["dims"].get(m), int):
-            raise IndexMismatch(name, f"{META}: modality {m!r} has no integer dimension in 'dims'")
         flags = meta["generated"].get(m, ())
         if not isinstance(flags, list) or len(flags) != n:
             raise IndexMismatch(name, f"{META}: generated flags of {m!r} do not cover the {n} items")
-    return meta

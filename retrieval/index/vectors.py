@@ -37,6 +37,7 @@ from dgmrec_core.errors import DataError
 from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX
 from retrieval.defaults import INDEX_KINDS as KINDS
 from retrieval.index.compressed import RowStore, new_ivfpq, rerank, sidecar, train_size
+from retrieval.index.deltas import list_sizes, merge_ivf_segment, new_hnsw_like, shard_view, write_ivf_tail
 from retrieval.index.gpu import GpuMirror
 
 DEFAULT_NPROBE = 64  # IVF lists probed per query (see the module docstring for the measurements)
@@ -106,6 +107,19 @@ def _trained_ivf(x: np.ndarray, kind: str, nlist: int | None, nprobe: int | None
     return index
 
 
+def _read_index(path: Path) -> faiss.Index:
+    """A FAISS index file of an inner-product index; ``DataError`` naming it when missing or unreadable."""
+    if not path.is_file():
+        raise DataError(path, "index file is missing")
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise DataError(path, f"not a readable FAISS index ({str(exc).splitlines()[-1][:200]})") from exc
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise DataError(path, "FAISS index does not use inner-product search")
+    return index
+
+
 class VectorIndex:
     """One FAISS inner-product index over L2-normalised vectors; rows are int64 item positions."""
 
@@ -116,8 +130,15 @@ class VectorIndex:
             raise ValueError("an IVF-PQ index needs the store of its full vectors, other kinds none")
         self._index = index
         self._store = store
+        self._shards = [index] if isinstance(index, faiss.IndexHNSW) else []  # HNSW: one graph per segment
         self._gpu = GpuMirror()  # flat, IVF: searched on a GPU copy where faiss has a GPU (retrieval/index/gpu.py)
         self._rerank = max(1, int(rerank))
+        self._mark_saved()
+
+    def _mark_saved(self) -> None:
+        """Every row is now in files: ``save_segment`` writes the rows added after this point."""
+        self._saved = self.ntotal
+        self._saved_lists = list_sizes(self._index) if isinstance(self._index, faiss.IndexIVF) else None
 
     @classmethod
     def build(cls, vectors: np.ndarray, *, kind: str = "auto", nlist: int | None = None,
@@ -151,44 +172,98 @@ class VectorIndex:
         out = cls(index, store, rerank=rerank)
         out._append(x, keep=False)
         if store is not None:
-            store._set([x])  # re-rank from the caller's rows (normalised on read) until saved
+            store.read_from(x)  # re-rank from the caller's rows (normalised on read) until saved
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> "VectorIndex":
-        """Read an index written by ``save``; a missing or unreadable file raises ``DataError``."""
+    def load(cls, path: str | Path, segments: list[Path] | tuple[Path, ...] = ()) -> "VectorIndex":
+        """Read an index written by ``save``, followed by the ``segments`` written by ``save_segment`` (each
+        merged in, see ``retrieval.index.deltas``); a missing or unreadable file raises ``DataError``
+        naming it."""
         path = Path(path)
-        if not path.is_file():
-            raise DataError(path, "index file is missing")
-        try:
-            index = faiss.read_index(str(path))
-        except RuntimeError as exc:
-            raise DataError(path, f"not a readable FAISS index ({str(exc).splitlines()[-1][:200]})") from exc
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise DataError(path, "FAISS index does not use inner-product search")
-        if isinstance(index, faiss.IndexIVFPQ):
-            return cls(index, RowStore.load(sidecar(path), int(index.ntotal), int(index.d)))
-        return cls(index)
+        index = _read_index(path)
+        out = cls(index, RowStore.load(sidecar(path), int(index.ntotal), int(index.d))
+                  if isinstance(index, faiss.IndexIVFPQ) else None)
+        for segment in segments:
+            out.merge_segment(Path(segment))
+        return out
+
+    def merge_segment(self, path: Path) -> int:
+        """Append the rows of the segment file ``path`` (``save_segment``); return how many it held."""
+        before = self.ntotal
+        if isinstance(self._index, faiss.IndexIVF):
+            n = merge_ivf_segment(self._index, path)
+            if self._store is not None:
+                self._store.extend(RowStore.load(sidecar(path), n, self.dim))
+        else:
+            segment = _read_index(path)
+            same_kind = isinstance(segment, faiss.IndexHNSW if self._shards else faiss.IndexFlat)
+            if segment.d != self.dim or not same_kind:
+                raise DataError(path, f"index segment is not a {self.kind} index of dimension {self.dim}")
+            if self._shards:
+                self._shards.append(segment)
+                self._index = shard_view(self._shards)
+            else:
+                self._index.merge_from(segment, 0)
+        self._mark_saved()
+        return self.ntotal - before
 
     def save(self, path: str | Path) -> None:
-        """Write the index atomically (temp file beside ``path``, then rename).
+        """Write the whole index atomically (temp file beside ``path``, then rename); HNSW segments are first
+        joined into one graph.
 
         "ivfpq" first writes its full vectors to ``<path>.vectors.npy`` (also atomically), then the index.
         """
+        if len(self._shards) > 1:
+            self._join_shards()
         if self._store is not None:
             self._store.write(sidecar(path))
         with atomic_path(path) as tmp:
             faiss.write_index(self._index, str(tmp))
+        self._mark_saved()
+
+    def save_segment(self, path: str | Path) -> int:
+        """Write only the rows added since the last save or load (a bundle's next segment) to ``path``
+        (and "ivfpq" its ``.vectors.npy``), atomically; return how many. ``load(base, segments)`` reads them."""
+        n = self.ntotal - self._saved
+        if isinstance(self._index, faiss.IndexIVF):
+            if self._store is not None:
+                self._store.write(sidecar(path), start=self._saved)
+            write_ivf_tail(self._index, self._saved_lists, self._saved, Path(path))
+        else:
+            if self._shards:
+                segment = self._shards[-1] if n else new_hnsw_like(self._shards[0])
+            else:
+                segment = faiss.IndexFlatIP(self.dim)
+                segment.add(self._index.reconstruct_n(self._saved, n))
+            if segment.ntotal != n:
+                raise ValueError(f"the rows since the last save ({n}) are not one segment")
+            with atomic_path(path) as tmp:
+                faiss.write_index(segment, str(tmp))
+        self._mark_saved()
+        return n
+
+    def _join_shards(self) -> None:
+        """HNSW: add the rows of the later segments' graphs to the first graph (the index before segments)."""
+        first = self._shards[0]
+        for shard in self._shards[1:]:
+            for s in range(0, shard.ntotal, ADD_CHUNK):
+                first.add(shard.reconstruct_n(s, min(ADD_CHUNK, shard.ntotal - s)))
+        self._shards = [first]
+        self._index = first
+
+    @property
+    def segments(self) -> int:
+        """How many graphs the index searches together (HNSW after appends); 1 for the other kinds."""
+        return max(1, len(self._shards))
 
     @property
     def kind(self) -> str:
+        if self._shards:
+            return "hnsw"
         if isinstance(self._index, faiss.IndexIVFPQ):
             return "ivfpq"
-        if isinstance(self._index, faiss.IndexIVF):
-            return "ivf"
-        if isinstance(self._index, faiss.IndexHNSW):
-            return "hnsw"
-        return "flat"
+        return "ivf" if isinstance(self._index, faiss.IndexIVF) else "flat"
 
     @property
     def dim(self) -> int:
@@ -206,8 +281,9 @@ class VectorIndex:
                     "m": int(self._index.pq.M), "nbits": int(self._index.pq.nbits), "rerank": self._rerank}
         if isinstance(self._index, faiss.IndexIVF):
             return {"nlist": int(self._index.nlist), "nprobe": int(self._index.nprobe)}
-        if isinstance(self._index, faiss.IndexHNSW):
-            return {"M": int(self._index.hnsw.nb_neighbors(1)), "efSearch": int(self._index.hnsw.efSearch)}
+        if self._shards:
+            graph = self._shards[0].hnsw
+            return {"M": int(graph.nb_neighbors(1)), "efSearch": int(graph.efSearch)}
         return {}
 
     def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None,
@@ -221,8 +297,8 @@ class VectorIndex:
             self._index.nprobe = max(1, min(nprobe, self._index.nlist))
         if max_codes is not None and isinstance(self._index, faiss.IndexIVF):
             self._index.max_codes = max(1, max_codes)
-        if ef_search is not None and isinstance(self._index, faiss.IndexHNSW):
-            self._index.hnsw.efSearch = max(1, ef_search)
+        for shard in self._shards if ef_search is not None else ():
+            shard.hnsw.efSearch = max(1, ef_search)
 
     def add(self, vectors: np.ndarray) -> np.ndarray:
         """Append ``vectors`` (no retraining); return their new rows (int64)."""
@@ -233,13 +309,21 @@ class VectorIndex:
         return np.arange(start, self.ntotal, dtype=np.int64)
 
     def _append(self, x: np.ndarray, *, keep: bool) -> None:
-        """Add ``x`` in chunks; ``keep``: also copy them into the re-rank store ("ivfpq")."""
+        """Add ``x`` in chunks; ``keep``: also copy them into the re-rank store ("ivfpq"). HNSW adds to the
+        graph of the rows not saved yet, a new one when every graph is saved (saved graphs stay as written)."""
+        target = self._index
+        if self._shards:
+            if self.ntotal - self._shards[-1].ntotal < self._saved:
+                self._shards.append(new_hnsw_like(self._shards[0]))
+            target = self._shards[-1]
         for s in tqdm(range(0, len(x), ADD_CHUNK), desc=f"indexing ({self.kind})", unit="chunk",
                       disable=len(x) <= ADD_CHUNK):
             chunk = normalise(x[s:s + ADD_CHUNK])
-            self._index.add(chunk)
+            target.add(chunk)
             if keep and self._store is not None:
                 self._store.append(chunk)
+        if self._shards:
+            self._index = shard_view(self._shards)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` cosine neighbours of ``queries`` (q, d) or (d,): ``(scores, rows)``, both (q, k').
