@@ -171,6 +171,7 @@ def run_child(args: argparse.Namespace) -> dict:
 def run_all(args: argparse.Namespace) -> list[dict]:
     records = []
     threads = args.threads or torch.get_num_threads()
+    commit = _commit()  # the code the children run: read before they start
     for name in args.scenarios:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
@@ -185,7 +186,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
             record = {"kind": "training", "benchmark": "benchmarks/train_speed.py", "dataset": name, "mode": mode,
                       "threads": threads, "processes": 1,
                       "seed": args.seed, **result, "reference_s_per_epoch": reference,
-                      "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M")}
+                      "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
             records.append(record)
             log.info("%s %s: %.2f s/epoch, peak %.0f MB", name, mode, record["sec_per_epoch"], record["peak_rss_mb"])
     return records

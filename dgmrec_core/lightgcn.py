@@ -113,11 +113,11 @@ class LightGCN(nn.Module):
     def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN: mean over layers of propagation on the normalised bipartite graph."""
         h = torch.cat([self.user_emb.weight, self.item_emb.weight])
-        layers = [h]
-        for _ in range(self.config.n_ui_layers):
+        total = h
+        for _ in range(self.config.n_ui_layers):  # a running sum: two layers alive at a time, not all of them
             h = self.product("norm_adj", h)
-            layers.append(h)
-        out = torch.stack(layers).mean(0)
+            total = total + h
+        out = total / (self.config.n_ui_layers + 1)
         return out[: self.n_users], out[self.n_users:]
 
     def forward_parts(self) -> Parts:
