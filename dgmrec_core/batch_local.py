@@ -73,8 +73,7 @@ def fill_cache(model) -> PropagationCache:
     cache = PropagationCache()
     f = model.item_filters()
     for m in range(model.n_modalities):
-        x = model.features(m)
-        for kind, part in (("g", model.general(m, x)), ("s", model.specific(m, x))):
+        for kind, part in zip(("g", "s"), model.encoded(m, model.features(m))):
             layers = [f[m] * part]
             for _ in range(model.config.n_mm_layers):
                 layers.append(model.product(f"mm_{m}", layers[-1]))

@@ -24,11 +24,13 @@ def catalog_mean(f: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class GenerationInputs:
     """What generation reads of the whole catalog, computed once per pass: per modality the items' preference
-    filters, the catalog's mean preference and the mean observed features (the contrastive generator's)."""
+    filters, the catalog's mean preference and the mean observed features (the contrastive generator's), and
+    which items have a source modality to translate from."""
 
     filters: list[torch.Tensor]
     prefs: list[torch.Tensor]
     source_means: list[torch.Tensor | None]
+    has_source: list[torch.Tensor]  # per modality m: bool (n_items,), the items observing another modality
 
 
 class Moments:
@@ -59,6 +61,11 @@ class Moments:
         if self._chunks == 1:
             return self._single
         return self._mean.float(), (self._m2 / max(self.count - 1, 1)).sqrt().float()
+
+
+def _joined(chunks: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per modality, the rows of every chunk in order (a lone chunk as it is)."""
+    return chunks[0] if len(chunks) == 1 else [torch.cat(parts) for parts in zip(*chunks)]
 
 
 class GenerationMixin:
@@ -109,8 +116,7 @@ class GenerationMixin:
         """
         if not self.contrastive:
             return self._generate(noise)
-        chunks = [rows for _, rows in self._calibrated_chunks(self._generation_inputs())]
-        return chunks[0] if len(chunks) == 1 else [torch.cat(parts) for parts in zip(*chunks)]
+        return _joined([rows for _, rows in self._calibrated_chunks(self._generation_inputs())])
 
     def _has_source(self, m: int) -> torch.Tensor:
         """bool (n_items,): the items observing a modality other than m (something to translate m from)."""
@@ -128,7 +134,8 @@ class GenerationMixin:
     def _generation_inputs(self) -> GenerationInputs:
         f = self.item_filters()
         prefs = [catalog_mean(x) for x in f] if self.contrastive else []
-        return GenerationInputs(f, prefs, self._observed_means() if self.contrastive else [])
+        return GenerationInputs(f, prefs, self._observed_means() if self.contrastive else [],
+                                [self._has_source(m) for m in range(self.n_modalities)])
 
     @torch.no_grad()
     def _generate_rows(self, inputs: GenerationInputs, rows: slice, noise: bool = True) -> list[torch.Tensor]:
@@ -151,7 +158,7 @@ class GenerationMixin:
             if self.contrastive and srcs:
                 # Content to translate from: the catalog's preference, as for queries (and as the chain learned).
                 # Nothing to translate from: a content-free general part and the item's own users' preference.
-                has_source = self._has_source(m)[rows, None]
+                has_source = inputs.has_source[m][rows, None]
                 s_hat = torch.where(has_source, self.gen_specific[m](inputs.prefs[m]), s_hat)
                 free = self._content_free_general(m, inputs.source_means)
                 if free is not None:
@@ -165,8 +172,7 @@ class GenerationMixin:
     def _generate(self, noise: bool = True) -> list[torch.Tensor]:
         """``generated_features`` before calibration, every row."""
         inputs = self._generation_inputs()
-        chunks = [self._generate_rows(inputs, rows, noise) for rows in self._generation_chunks()]
-        return chunks[0] if len(chunks) == 1 else [torch.cat(parts) for parts in zip(*chunks)]
+        return _joined([self._generate_rows(inputs, rows, noise) for rows in self._generation_chunks()])
 
     @torch.no_grad()
     def _raw_moments(self, inputs: GenerationInputs) -> tuple[list[torch.Tensor] | None, list[Moments], list[Moments]]:
@@ -179,18 +185,19 @@ class GenerationMixin:
         for rows in chunks:
             raw = self._generate_rows(inputs, rows, noise=False)
             for m, x in enumerate(raw):
-                src = self._has_source(m)[rows]
+                src = inputs.has_source[m][rows]
                 with_source[m].add(x[src])
                 without[m].add(x[~src])
         return (raw if len(chunks) == 1 else None), with_source, without
 
-    def _calibrate_rows(self, raw: list[torch.Tensor], rows: slice, without: list[Moments]) -> list[torch.Tensor]:
+    def _calibrate_rows(self, inputs: GenerationInputs, raw: list[torch.Tensor], rows: slice,
+                        without: list[Moments]) -> list[torch.Tensor]:
         """``raw`` generated rows (of the items ``rows``) calibrated to the real features' distribution;
         ``without``: the moments of the raw rows of items with nothing to translate from, over the catalog."""
         out = []
         for m, x in enumerate(raw):
             y = self.calibrate(m, x)
-            free = ~self._has_source(m)[rows]
+            free = ~inputs.has_source[m][rows]
             if self.config.gen_calibration and without[m].count >= 2:
                 # Rows with nothing to translate from come out of another route (users' preference only):
                 # they get their own spread, mapped to the real one like the others.
@@ -207,7 +214,7 @@ class GenerationMixin:
         one_chunk, _, without = moments or self._raw_moments(inputs)
         for rows in self._generation_chunks():
             raw = one_chunk if one_chunk is not None else self._generate_rows(inputs, rows, noise=False)
-            yield rows, self._calibrate_rows(raw, rows, without)
+            yield rows, self._calibrate_rows(inputs, raw, rows, without)
 
     def refit_generation(self, steps: int, batch_size: int = 256, lr: float = 1e-3, seed: int = 0) -> float:
         """Fit the generation chain to convergence after training, leaving recommendation untouched.

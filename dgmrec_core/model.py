@@ -142,7 +142,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     # --------------------------------------------------------- representations
     def general(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """General part g_m = sigmoid(W_shared tanh(W_m x))."""
-        return torch.sigmoid(self.shared(torch.tanh(self.enc_general[m](x))))
+        return self._general_head(self.enc_general[m](x))
+
+    def _general_head(self, h: torch.Tensor) -> torch.Tensor:
+        """sigmoid(W_shared tanh(h)): the general part from the general encoder's output h = W_m x."""
+        return torch.sigmoid(self.shared(torch.tanh(h)))
 
     def encoded(self, m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(general part, specific part) of the feature rows ``x`` of modality m, from one product of ``x`` with
@@ -150,7 +154,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         d = self.config.embedding_size
         enc_g, enc_s = self.enc_general[m], self.enc_specific[m]
         out = x @ torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
-        return torch.sigmoid(self.shared(torch.tanh(out[:, :d] + enc_g.bias))), torch.sigmoid(out[:, d:] + enc_s.bias)
+        return self._general_head(out[:, :d] + enc_g.bias), torch.sigmoid(out[:, d:] + enc_s.bias)
 
     def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:
         """The general part generation translates: the generator's refitted copy of the general encoder
