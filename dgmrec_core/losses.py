@@ -41,18 +41,25 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
     ub = b if rows_b is None else b[rows_b.unique]
     if ua.shape[0] == 0 or ub.shape[0] == 0:
         return a.new_zeros(())
-    ua, ub = F.normalize(ua, dim=1) / temperature, F.normalize(ub, dim=1)
-    if bf16:
-        with torch.autocast(ua.device.type, dtype=torch.bfloat16):
-            logits = (ua @ ub.T).float()
-    else:
-        logits = ua @ ub.T
     ia = torch.arange(ua.shape[0], device=a.device) if rows_a is None else rows_a.inverse
     ib = torch.arange(ub.shape[0], device=a.device) if rows_b is None else rows_b.inverse
     if ia.shape != ib.shape:
         raise ValueError(f"info_nce needs as many positives as anchors, got {ia.shape[0]} and {ib.shape[0]}")
-    lse = torch.logsumexp(logits if rows_b is None else logits + rows_b.log_counts, dim=1)
-    return (lse[ia] - logits[ia, ib]).mean()
+    ua, ub = F.normalize(ua, dim=1) / temperature, F.normalize(ub, dim=1)
+    counted = rows_b is not None and not bf16
+    if counted:  # the log-counts ride in the product as one more column: no separate pass over the logits
+        ua = torch.cat([ua, ua.new_ones(ua.shape[0], 1)], dim=1)
+        ub = torch.cat([ub, rows_b.log_counts[:, None]], dim=1)
+    if bf16:
+        with torch.autocast(ua.device.type, dtype=torch.bfloat16):
+            logits = (ua @ ub.T).float()
+        if rows_b is not None:
+            logits = logits + rows_b.log_counts
+    else:
+        logits = ua @ ub.T
+    # log_softmax is one fused pass forward and back; the positives' own log-counts are taken off again
+    loss = -F.log_softmax(logits, dim=1)[ia, ib].mean()
+    return loss + rows_b.log_counts[ib].mean() if rows_b is not None else loss
 
 
 def l2_norms(*tensors: torch.Tensor) -> torch.Tensor:
@@ -146,11 +153,13 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
         return z.new_zeros(())
     if z.shape[0] != t.xw.shape[0]:
         raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {t.xw.shape[0]}")
-    x_norm = t.sq.sqrt()
-    dots = z @ t.xw.T + t.xb[None, :]  # (i, j): layer(z_i) . x_j
     sq_norm = _decoded_norms(layer, z)
-    logits = dots / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12)[:, None] * x_norm.clamp_min(1e-12)[None, :]
-                     * temperature)
-    nce = (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
-    squared_error = sq_norm - 2 * dots.diagonal() + t.sq
+    row_scale = 1 / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12) * temperature)  # 1 / (|layer(z_i)| t)
+    # (i, j): layer(z_i) . x_j / (|layer(z_i)| |x_j| t), one product of the rows [z_i, 1] / (|layer(z_i)| t)
+    # with the rows [x_j W, x_j . b] / |x_j|: no elementwise pass over the (n, n) logits
+    left = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1) * row_scale[:, None]
+    right = torch.cat([t.xw, t.xb[:, None]], dim=1) / t.sq.sqrt().clamp_min(1e-12)[:, None]
+    nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
+    dots = (z * t.xw).sum(1) + t.xb  # layer(z_i) . x_i
+    squared_error = sq_norm - 2 * dots + t.sq
     return nce + squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)
