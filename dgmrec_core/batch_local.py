@@ -13,16 +13,9 @@ them only for its own distinct items C (positives and negatives) and users B:
 
 The cache holds every layer of every item; it is filled by one whole-catalog pass per epoch (after the
 generation and graph refresh, which need every item anyway) and each batch writes its fresh rows back.
-
-Two parts need no cache, because the rows they read all change with every step and are cheap to reach:
-
-- the collaborative (LightGCN) embeddings of B and C, exact, from their L-hop neighbourhood of the
-  user-item graph only (``local_cf_embeddings``): layer l is computed at the rows layer l+1 reads,
-  so the cost grows with what the batch touches, not with the catalog;
-- the preference filters f of C, from the preferences of C's users only.
-
-Untrained items never enter a batch (the sampler draws trained items), so the content-neighbour fill of
-their IDs is not needed while training.
+The collaborative (LightGCN) propagation stays whole-graph and exact: it is sparse, O(interactions x d),
+and a small share of the cost. Untrained items never enter a batch (the sampler draws trained items),
+so the content-neighbour fill of their IDs is not needed while training.
 """
 from __future__ import annotations
 
@@ -105,57 +98,20 @@ def _propagate(graph_rows: torch.Tensor, block: torch.Tensor, fresh: torch.Tenso
     return layers
 
 
-def _neighbourhoods(graph: torch.Tensor, targets: torch.Tensor, layers: int) -> tuple[list[torch.Tensor], list]:
-    """Row sets R_0 .. R_L (sorted) with R_L = ``targets`` and R_l = targets + the columns of ``graph``'s
-    rows R_(l+1), and the blocks ``graph[R_l, R_(l-1)]`` for l = 1..L (renumbered to positions)."""
-    rows = [targets]
-    blocks = []
-    for _ in range(layers):
-        sub = csr_rows(graph, rows[0])
-        previous = torch.unique(torch.cat([targets, sub.col_indices()]))
-        blocks.insert(0, column_block(sub, previous))
-        rows.insert(0, previous)
-    return rows, blocks
-
-
-def local_cf_embeddings(model, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """LightGCN's layer mean at ``users`` and ``items`` (sorted, distinct), exactly as ``cf_embeddings``
-    gives them, computed on their neighbourhood only: layer l at the rows layer l+1 reads (gradients flow
-    to the ID embeddings of those rows alone)."""
-    n_users, n_layers = model.n_users, model.config.n_ui_layers
-    targets = torch.cat([users, items + n_users])
-    rows, blocks = _neighbourhoods(model.graphs["norm_adj"], targets, n_layers)
-    first = rows[0]
-    split = int(torch.searchsorted(first, n_users))
-    h = torch.cat([model.user_emb(first[:split]), model.item_emb(first[split:] - n_users)])
-    total = h[torch.searchsorted(first, targets)]
-    for level in range(1, n_layers + 1):
-        h = sparse_product(blocks[level - 1], h)
-        total = total + h[torch.searchsorted(rows[level], targets)]
-    out = total / (n_layers + 1)
-    return out[: len(users)], out[len(users):]
-
-
-def _local_filters(model, item_users: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The items' user-mean rows restricted to their own users, and per modality those users' preferences."""
-    their_users = torch.unique(item_users.col_indices())
-    block = column_block(item_users, their_users)
-    return block, [model.user_filter(m, their_users) for m in range(model.n_modalities)]
-
-
 def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Parts, PropagationCache]:
     """``model``'s parts at the batch's rows (users ``batch.users``, items ``batch.items``) and the fresh
     layers to write back into ``cache`` once the loss is built."""
-    parts = Parts(*local_cf_embeddings(model, batch.users, batch.items))
+    e_u, e_i = model.cf_embeddings()
+    parts = Parts(e_u[batch.users], e_i[batch.items])
     fresh = PropagationCache()
     items = batch.items
-    item_users, preferences = _local_filters(model, csr_rows(model.graphs["item_mean"], items))
+    item_users = csr_rows(model.graphs["item_mean"], items)
     user_items = csr_rows(model.graphs["user_mean"], batch.users)
     user_block = column_block(user_items, items)
     for m in range(model.n_modalities):
         x = model.features(m)[items]
         g, s = model.encoded(m, x)
-        f = sparse_product(item_users, preferences[m])
+        f = sparse_product(item_users, model.user_filter(m))
         graph_rows = csr_rows(model.graphs[f"mm_{m}"], items)
         block = column_block(graph_rows, items)
         g_layers = _propagate(graph_rows, block, f * g, cache.g[m], items)

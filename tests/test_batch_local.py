@@ -65,33 +65,6 @@ def test_local_parts_equal_the_full_parts_at_the_batch_rows() -> None:
     assert torch.allclose(local.e_u, full.e_u[batch.users]) and torch.allclose(local.e_i, full.e_i[batch.items])
 
 
-def test_local_cf_embeddings_equal_lightgcn_at_the_batch_rows_in_value_and_gradient() -> None:
-    model, dataset = _model()
-    batch = batch_local.LocalBatch.of(*_batch(dataset, size=12))
-    weights = torch.randn(len(batch.users), model.config.embedding_size), torch.randn(len(batch.items),
-                                                                                      model.config.embedding_size)
-    grads = {}
-    for name in ("whole", "local"):
-        model.zero_grad()
-        if name == "whole":
-            e_u, e_i = model.cf_embeddings()
-            e_u, e_i = e_u[batch.users], e_i[batch.items]
-        else:
-            e_u, e_i = batch_local.local_cf_embeddings(model, batch.users, batch.items)
-        ((e_u * weights[0]).sum() + (e_i * weights[1]).sum()).backward()
-        grads[name] = (e_u.detach(), e_i.detach(), model.user_emb.weight.grad.clone(), model.item_emb.weight.grad.clone())
-    for whole, local in zip(grads["whole"], grads["local"]):
-        assert torch.allclose(whole, local, atol=1e-6)
-
-
-def test_local_cf_neighbourhoods_hold_only_what_the_layers_read() -> None:
-    dense = torch.tensor([[0, 0, 1.0, 0, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0], [0, 1, 0, 0, 1], [0, 0, 0, 1, 0]])
-    rows, blocks = batch_local._neighbourhoods(dense.to_sparse_csr(), torch.tensor([0]), 2)
-    assert [r.tolist() for r in rows] == [[0, 2], [0, 2], [0]]  # node 0's component {0, 2} only
-    assert torch.equal(blocks[0].to_dense(), dense[[0, 2]][:, [0, 2]])
-    assert torch.equal(blocks[1].to_dense(), dense[[0]][:, [0, 2]])
-
-
 def test_batch_local_loss_equals_the_exact_loss_on_a_fresh_cache() -> None:
     losses = {}
     for mode in ("paper-exact", "batch-local"):
