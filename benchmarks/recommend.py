@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -221,6 +222,8 @@ def main() -> None:
           f"{len(inter.test)} test", flush=True)
     if setting == "new-items" and "lightgcn" in args.models:
         print(f"note: {LIGHTGCN_NEW_ITEMS}.", flush=True)
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code the runs use, in every record
     base = DGMRecConfig() if args.epochs is None else replace(DGMRecConfig(), epochs=args.epochs)
     for seed in args.seeds:
         for model in args.models:
@@ -228,6 +231,7 @@ def main() -> None:
             result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False)
             record = make_record(result, name, setting, model, seed, time.perf_counter() - t0,
                                  inter.dropped_unseen)
+            record["commit"] = commit
             records = merge_records(records, [record])
             print(f"{model:>20} seed {seed}: recall@20 {record['recall@20']:.4f} ndcg@20 {record['ndcg@20']:.4f} "
                   f"best epoch {result.best_epoch}/{len(result.history)} {record['sec_per_epoch']:.2f} s/epoch",
