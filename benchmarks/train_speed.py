@@ -161,8 +161,10 @@ def run_child(args: argparse.Namespace) -> dict:
         dataset = load_mmrec(args.data)
     elif args.child == "sample-shop":  # the demo's shop, as the recommendation benchmark reads it
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from generation import load_sample_shop
+        from generation import SHOP_INDEX, load_sample_shop
 
+        if not SHOP_INDEX.is_dir():
+            raise SystemExit(f"sample-shop: no index at {SHOP_INDEX}; run `make demo` first")
         dataset = load_sample_shop()
     else:
         dataset = synthetic(SHAPES[args.child], seed=args.seed)
@@ -223,7 +225,7 @@ def main() -> None:
                         help="sample-shop: the demo's shop (make demo builds it; 1,500 users, 3,000 items, 128-d)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
-    parser.add_argument("--epochs", type=int, default=5, help="epochs timed on ml100k and baby")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs timed on ml100k, sample-shop and baby")
     parser.add_argument("--batches", type=int, default=5, help="batches timed on the generated catalogs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
