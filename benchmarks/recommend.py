@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -44,7 +43,8 @@ from dgmrec_core.data import Dataset  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.trainer import TrainResult, fit  # noqa: E402
-from validation_curves import plot_validation_curves  # noqa: E402  (benchmarks/, the script's folder)
+from provenance import code_commit  # noqa: E402  (benchmarks/, the script's folder)
+from validation_curves import plot_validation_curves  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = {
@@ -222,8 +222,7 @@ def main() -> None:
           f"{len(inter.test)} test", flush=True)
     if setting == "new-items" and "lightgcn" in args.models:
         print(f"note: {LIGHTGCN_NEW_ITEMS}.", flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()  # the code the runs use, in every record
+    commit = code_commit()  # the code the runs use, in every record
     base = DGMRecConfig() if args.epochs is None else replace(DGMRecConfig(), epochs=args.epochs)
     for seed in args.seeds:
         for model in args.models:

@@ -39,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.provenance import code_commit  # noqa: E402
 from benchmarks.scale_records import merge_records  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset, Modality  # noqa: E402
@@ -160,8 +161,7 @@ def run_child(args: argparse.Namespace) -> dict:
 
         dataset = load_mmrec(args.data)
     elif args.child == "sample-shop":  # the demo's shop, as the recommendation benchmark reads it
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from generation import SHOP_INDEX, load_sample_shop
+        from benchmarks.generation import SHOP_INDEX, load_sample_shop
 
         if not SHOP_INDEX.is_dir():
             raise SystemExit(f"sample-shop: no index at {SHOP_INDEX}; run `make demo` first")
@@ -181,7 +181,7 @@ def run_child(args: argparse.Namespace) -> dict:
 def run_all(args: argparse.Namespace) -> list[dict]:
     records = []
     threads = args.threads or torch.get_num_threads()
-    commit = _commit()  # the code the children run: read before they start
+    commit = code_commit()  # the code the children run: read before they start
     for name in args.scenarios:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
@@ -201,10 +201,6 @@ def run_all(args: argparse.Namespace) -> list[dict]:
             log.info("%s %s: %.2f s/epoch, peak %.0f MB", name, mode, record["sec_per_epoch"], record["peak_rss_mb"])
     return records
 
-
-def _commit() -> str:
-    proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip()
 
 
 def table(records: list[dict]) -> str:

@@ -46,16 +46,15 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
     if ia.shape != ib.shape:
         raise ValueError(f"info_nce needs as many positives as anchors, got {ia.shape[0]} and {ib.shape[0]}")
     ua, ub = F.normalize(ua, dim=1) / temperature, F.normalize(ub, dim=1)
-    counted = rows_b is not None and not bf16
-    if counted:  # the log-counts ride in the product as one more column: no separate pass over the logits
-        ua = torch.cat([ua, ua.new_ones(ua.shape[0], 1)], dim=1)
-        ub = torch.cat([ub, rows_b.log_counts[:, None]], dim=1)
-    if bf16:
+    if bf16:  # the log-counts stay float32, added after the product
         with torch.autocast(ua.device.type, dtype=torch.bfloat16):
             logits = (ua @ ub.T).float()
         if rows_b is not None:
             logits = logits + rows_b.log_counts
     else:
+        if rows_b is not None:  # the log-counts ride in the product as one more column: no pass over the logits
+            ua = torch.cat([ua, ua.new_ones(ua.shape[0], 1)], dim=1)
+            ub = torch.cat([ub, rows_b.log_counts[:, None]], dim=1)
         logits = ua @ ub.T
     # log_softmax is one fused pass forward and back; the positives' own log-counts are taken off again
     loss = -F.log_softmax(logits, dim=1)[ia, ib].mean()
