@@ -1,7 +1,7 @@
 """Training speed and peak memory of the two training modes (issue 13), one process per measurement.
 
     python benchmarks/train_speed.py [--scenarios ml100k sample-shop baby items200k items1m]
-                                     [--modes paper-exact batch-local]
+                                     [--modes paper-exact batch-local batch-local-cached]
                                      [--threads 2] [--seed 0]
 
 - ml100k: the shared MovieLens data, 2/3 missing (shipped mask): seconds per epoch (median of the epochs
@@ -53,7 +53,9 @@ log = logging.getLogger("train_speed")
 # machine back to back with ours, same data and threads (issue 13's table): shared MovieLens and the Baby
 # interactions with stand-in features of the paper's sizes.
 REFERENCE_S_PER_EPOCH = {"ml100k": {2: 9.36, 1: 13.4}, "baby": {2: 42.2, 1: 61.6}}
-MODES = ("paper-exact", "batch-local")
+# Each mode's config: the two training modes, and batch-local with cached collaborative layers.
+MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"training_mode": "batch-local"},
+         "batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"}}
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
 
 def run_child(args: argparse.Namespace) -> dict:
     """One (scenario, mode) measurement in this process."""
-    config = replace(DGMRecConfig(), training_mode=args.mode, seed=args.seed)
+    config = replace(DGMRecConfig(), seed=args.seed, **MODES[args.mode])
     t0 = time.perf_counter()
     if args.child == "ml100k":
         from dgmrec_core.mmrec import load_mmrec
@@ -219,7 +221,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="+", default=["ml100k", "baby", "items200k", "items1m"],
                         choices=["ml100k", "sample-shop", *SHAPES],
                         help="sample-shop: the demo's shop (make demo builds it; 1,500 users, 3,000 items, 128-d)")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
     parser.add_argument("--epochs", type=int, default=5, help="epochs timed on ml100k, sample-shop and baby")
     parser.add_argument("--batches", type=int, default=5, help="batches timed on the generated catalogs")

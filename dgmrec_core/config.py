@@ -88,6 +88,12 @@ class DGMRecConfig:
                                                "catalog) or 'auto' (the default: batch-local when the catalog has "
                                                "more items than a batch can touch, 2 x batch_size, else "
                                                "paper-exact)")
+    cf_propagation: str = option("exact", "batch-local mode's collaborative (LightGCN) embeddings: 'exact' (the "
+                                          "default: whole-graph propagation on every batch) or 'cached' "
+                                          "(docs/DESIGN.md 'Batch-local training': the batch's users and items "
+                                          "propagated from their own fresh rows and every other node's layers read "
+                                          "from a per-epoch cache; per-batch cost grows with the batch's "
+                                          "neighbourhood, not the graph)")
     generation: bool = option(True, "generate missing features each epoch (off = the no-generation baseline: "
                                     "features stay imputed)")
     use_modalities: bool = option(True, "off = plain LightGCN baseline (no modality branch at all)")
@@ -101,7 +107,7 @@ class DGMRecConfig:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
                    "generator": ("contrastive", "paper"),
                    "untrained_items": ("content-neighbours", "paper"),
-                   "training_mode": ("paper-exact", "batch-local", "auto")}
+                   "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -110,9 +110,13 @@ class LightGCN(nn.Module):
         return self._untrained[1]
 
     # --------------------------------------------------------- representations
+    def id_embeddings(self) -> torch.Tensor:
+        """Layer 0 of the user-item graph: the users' ID embeddings, then the items'."""
+        return torch.cat([self.user_emb.weight, self.item_emb.weight])
+
     def cf_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGCN: mean over layers of propagation on the normalised bipartite graph."""
-        h = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        h = self.id_embeddings()
         total = h
         for _ in range(self.config.n_ui_layers):  # a running sum: two layers alive at a time, not all of them
             h = self.product("norm_adj", h)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import make_toy_dataset
@@ -46,8 +47,9 @@ def test_csr_rows_and_column_block_match_dense() -> None:
     assert torch.equal(column_block(csr_rows(graph, rows), cols).to_dense(), dense[rows][:, cols])
 
 
-def test_local_parts_equal_the_full_parts_at_the_batch_rows() -> None:
-    model, dataset = _model()
+@pytest.mark.parametrize("cf_propagation", ["exact", "cached"])
+def test_local_parts_equal_the_full_parts_at_the_batch_rows(cf_propagation: str) -> None:
+    model, dataset = _model(replace(FAST, cf_propagation=cf_propagation))
     model.train()
     users, pos, neg = _batch(dataset)
     batch = batch_local.LocalBatch.of(users, pos, neg)
@@ -62,7 +64,8 @@ def test_local_parts_equal_the_full_parts_at_the_batch_rows() -> None:
     for name in ("gu", "su"):
         for m in range(model.n_modalities):
             assert torch.allclose(getattr(local, name)[m], getattr(full, name)[m][batch.users], atol=1e-6), name
-    assert torch.allclose(local.e_u, full.e_u[batch.users]) and torch.allclose(local.e_i, full.e_i[batch.items])
+    assert torch.allclose(local.e_u, full.e_u[batch.users], atol=1e-6)
+    assert torch.allclose(local.e_i, full.e_i[batch.items], atol=1e-6)
 
 
 def test_batch_local_loss_equals_the_exact_loss_on_a_fresh_cache() -> None:
@@ -91,6 +94,44 @@ def test_gradients_reach_only_the_batch_items_features_rows() -> None:
     assert len(touched) and set(touched.tolist()) <= set(torch.cat([pos, neg]).tolist())
 
 
+@pytest.mark.parametrize("cf_propagation", ["exact", "cached"])
+def test_item_id_gradients_stay_in_the_batch_with_cached_collaborative_layers(cf_propagation: str) -> None:
+    model, dataset = _model(replace(FAST, training_mode="batch-local", cf_propagation=cf_propagation))
+    model.train()
+    users, pos, neg = _batch(dataset, size=10)
+    loss, _ = model.loss(users, pos, neg)
+    loss.backward()
+    # item ID embeddings enter the loss only through the collaborative branch (user IDs also through the
+    # preference filters, which read every user of the batch's items)
+    touched = set(torch.nonzero(model.item_emb.weight.grad.abs().sum(1) > 0).squeeze(1).tolist())
+    batch_items = set(torch.cat([pos, neg]).tolist())
+    assert touched >= set(pos.tolist())
+    if cf_propagation == "cached":  # the gradient stops at the cached layers of the other nodes
+        assert touched <= batch_items
+    else:  # whole-graph propagation: items beyond the batch get gradients too
+        assert not touched <= batch_items
+
+
+def test_the_cached_collaborative_layers_take_the_batch_nodes_fresh_rows() -> None:
+    model, dataset = _model(replace(FAST, training_mode="batch-local", cf_propagation="cached"))
+    model.train()
+    users, pos, neg = _batch(dataset)
+    model._cache = batch_local.fill_cache(model)
+    stale = model._cache.cf[0].clone()
+    with torch.no_grad():
+        model.item_emb.weight.mul_(1.5)  # layer 0 moves after the cache was filled
+        model.user_emb.weight.mul_(0.5)
+    model.loss(users, pos, neg)
+    nodes = batch_local.LocalBatch.of(users, pos, neg).nodes(model.n_users)
+    with torch.no_grad():
+        layer1 = model.product("norm_adj", model.id_embeddings())  # layer 1 reads only the live layer 0
+    others = torch.ones(len(stale), dtype=torch.bool)
+    others[nodes] = False
+    assert torch.allclose(model._cache.cf[0][nodes], layer1[nodes], atol=1e-6)
+    assert torch.equal(model._cache.cf[0][others], stale[others])
+    assert not torch.allclose(stale[nodes], layer1[nodes])
+
+
 def test_the_cache_takes_the_batch_rows_after_a_step() -> None:
     model, dataset = _model(replace(FAST, training_mode="batch-local"))
     model.train()
@@ -105,9 +146,11 @@ def test_the_cache_takes_the_batch_rows_after_a_step() -> None:
     assert torch.allclose(model._cache.g[0][-1][items], full.gf[0][items], atol=1e-6)
 
 
-def test_batch_local_training_learns() -> None:
+@pytest.mark.parametrize("cf_propagation", ["exact", "cached"])
+def test_batch_local_training_learns(cf_propagation: str) -> None:
     dataset = make_toy_dataset()
-    result = fit(dataset, replace(FAST, training_mode="batch-local", epochs=6, eval_every=2), progress=False)
+    result = fit(dataset, replace(FAST, training_mode="batch-local", cf_propagation=cf_propagation, epochs=6,
+                                  eval_every=2), progress=False)
     exact = fit(dataset, replace(FAST, epochs=6, eval_every=2), progress=False)
     assert result.best_epoch > 0
     assert result.test["recall@20"] >= 0.8 * exact.test["recall@20"] > 0
