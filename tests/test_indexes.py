@@ -362,3 +362,30 @@ def test_build_validates_inputs(tmp_path):
     with pytest.raises(ValueError, match="unknown index kind"):
         IndexBundle.build(tmp_path / "b", **data, **args, kind="lsh")
     assert not (tmp_path / "b").exists()
+
+
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_builds_and_searches_leave_the_openmp_thread_count_as_they_found_it(kind: str, monkeypatch) -> None:
+    """OpenMP is shared with torch where torch is imported first (training): an index build, append or search
+    must leave the process's thread count as it was (a training run that asked for one thread ran its torch
+    ops on every core after a FAISS kNN)."""
+    calls: list[int] = []
+    real_set = faiss.omp_set_num_threads
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: (calls.append(n), real_set(n))[1])
+    before = faiss.omp_get_max_threads()
+    real_set(1)  # as after `--threads 1`
+    try:
+        x = clustered(3_000, 16)
+        index = VectorIndex.build(x, kind=kind, nlist=16 if kind == "ivf" else None)
+        index.add(x[:100])
+        index.search(x[:4], 5)  # a small batch: one thread for the call
+        index.search(x[:200], 5)
+        assert faiss.omp_get_max_threads() == 1
+        assert all(n == 1 for n in calls)  # nothing raised it, not even for a moment
+        real_set(2)
+        index.search(x[:4], 5)
+        assert faiss.omp_get_max_threads() == 2 and calls[-1] == 2  # set to 1 for the call, then restored
+    finally:
+        real_set(before)

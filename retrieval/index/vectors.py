@@ -24,6 +24,7 @@ its memory is affordable.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ import numpy as np
 from tqdm import tqdm
 
 from dgmrec_core.atomic import atomic_path
-from dgmrec_core.cpus import available_cpus
 from dgmrec_core.errors import DataError
 from retrieval.defaults import AUTO_COMPRESS_BYTES, AUTO_EXACT_MAX
 from retrieval.defaults import INDEX_KINDS as KINDS
@@ -50,9 +50,18 @@ DEFAULT_RERANK = 200  # "ivfpq": candidates per query re-scored with the full ve
 IVFPQ_NPROBE = 32  # ... and its lists probed: at 10M recall@10 0.996 (64 lists, 100 candidates: 0.981)
 
 
-def _threads(n_queries: int | None) -> None:
-    """One OpenMP thread for small query batches (latency), every core for builds and big batches."""
-    faiss.omp_set_num_threads(1 if n_queries is not None and n_queries < SMALL_BATCH else available_cpus())
+@contextmanager
+def _search_threads(n_queries: int):
+    """One OpenMP thread for a small query batch (latency), the process's own setting otherwise; restored
+    afterwards. OpenMP is shared with torch, so FAISS never changes the thread count a process set
+    (``--threads``): a training run's torch ops would otherwise run on more threads than it asked for."""
+    before = faiss.omp_get_max_threads()
+    if n_queries < SMALL_BATCH:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -158,7 +167,6 @@ class VectorIndex:
         x = check_matrix(vectors, "vectors")
         n, d = x.shape
         kind = auto_kind(n, d) if kind == "auto" else kind
-        _threads(None)
         store = None
         if kind == "flat":
             index = faiss.IndexFlatIP(d)
@@ -304,7 +312,6 @@ class VectorIndex:
         """Append ``vectors`` (no retraining); return their new rows (int64)."""
         x = check_matrix(vectors, "vectors", self.dim)
         start = self.ntotal
-        _threads(None)
         self._append(x, keep=True)
         return np.arange(start, self.ntotal, dtype=np.int64)
 
@@ -336,14 +343,10 @@ class VectorIndex:
         k = min(int(k), self.ntotal)
         if k <= 0:
             return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-        before = faiss.omp_get_max_threads()  # OpenMP is shared with torch: restore it afterwards
-        _threads(len(q))
-        try:
+        with _search_threads(len(q)):
             if self._store is not None:
                 scores, rows = rerank(self._index, self._store, normalise(q), k, self._rerank)
             else:
                 scores, rows = self._gpu.searcher(self._index).search(normalise(q), k)
-        finally:
-            faiss.omp_set_num_threads(before)
         scores[rows < 0] = -np.inf
         return scores, rows.astype(np.int64, copy=False)
