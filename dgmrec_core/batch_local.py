@@ -129,7 +129,8 @@ def _local_cf(model, cache: PropagationCache,
     graph_rows = csr_rows(model.graphs["norm_adj"], nodes)
     block = column_block(graph_rows, nodes)
     fresh = torch.cat([model.user_emb(batch.users), model.item_emb(batch.items)])
-    layers = _propagate(graph_rows, block, fresh, [model.id_embeddings().detach(), *cache.cf], nodes)
+    inputs = [model.id_embeddings().detach(), *cache.cf][: model.config.n_ui_layers]  # layers 0..L-1
+    layers = _propagate(graph_rows, block, fresh, inputs, nodes)
     mean = torch.stack(layers).mean(0)
     return mean[: len(batch.users)], mean[len(batch.users):], layers[1:-1]
 

@@ -47,9 +47,9 @@ def test_csr_rows_and_column_block_match_dense() -> None:
     assert torch.equal(column_block(csr_rows(graph, rows), cols).to_dense(), dense[rows][:, cols])
 
 
-@pytest.mark.parametrize("cf_propagation", ["exact", "cached"])
-def test_local_parts_equal_the_full_parts_at_the_batch_rows(cf_propagation: str) -> None:
-    model, dataset = _model(replace(FAST, cf_propagation=cf_propagation))
+@pytest.mark.parametrize("cf_propagation, n_ui_layers", [("exact", 3), ("cached", 3), ("cached", 1), ("cached", 0)])
+def test_local_parts_equal_the_full_parts_at_the_batch_rows(cf_propagation: str, n_ui_layers: int) -> None:
+    model, dataset = _model(replace(FAST, cf_propagation=cf_propagation, n_ui_layers=n_ui_layers))
     model.train()
     users, pos, neg = _batch(dataset)
     batch = batch_local.LocalBatch.of(users, pos, neg)
