@@ -204,7 +204,6 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     return records
 
 
-
 def table(records: list[dict]) -> str:
     lines = ["| data | mode | s/epoch (wall) | CPU s/epoch | vs reference | peak RSS MB |", "|---|---|---|---|---|---|"]
     for r in records:
