@@ -110,17 +110,16 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
     """Train ``epochs`` epochs (no validation) timing each part: the whole-catalog work before and after the
     batches and every batch, in wall and CPU seconds. With ``max_batches``, an epoch times only that many
     batches and its length is estimated as that work plus all its batches at the median batch time."""
-    from dgmrec_core.lightgcn import build_model
-    from dgmrec_core.trainer import NegativeSampler
+    from dgmrec_core import distributed
+    from dgmrec_core.trainer import NegativeSampler, TrainingRun
 
     inter = dataset.interactions
-    model = build_model(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
-                        [m.name for m in dataset.modalities])
     wall, cpu = time.perf_counter(), time.process_time()
-    model.attach(dataset, knn_fn)
+    # what `dgmrec train` holds: the model on the data's own feature arrays, the compact best-so-far state
+    run = TrainingRun(dataset, config, distributed.init("cpu"), knn_fn, None, checkpoint=None, progress=False,
+               take_features=True)
     graphs = (time.perf_counter() - wall, time.process_time() - cpu)
-    opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
-    club_opt = torch.optim.Adam(model.estimator_parameters(), lr=config.club_lr)
+    model, opt, club_opt = run.model, run.opt, run.club_opt
     rng = np.random.default_rng(config.seed)
     sampler = NegativeSampler(inter.train, inter.n_items, rng)
     n_batches = -(-len(inter.train) // config.batch_size)

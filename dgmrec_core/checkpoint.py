@@ -21,15 +21,19 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     """sha256 over the splits, the observed masks and the raw features: what training depended on."""
     h = hashlib.sha256()
     inter = dataset.interactions
-    h.update(np.asarray([inter.n_users, inter.n_items], dtype=np.int64).tobytes())
+
+    def add(array: np.ndarray, dtype=None) -> None:  # the array's bytes, hashed in place (no copy when C-ordered)
+        h.update(memoryview(np.ascontiguousarray(array, dtype=dtype)).cast("B"))
+
+    add(np.asarray([inter.n_users, inter.n_items], dtype=np.int64))
     for split in (inter.train, inter.valid, inter.test):
-        h.update(np.ascontiguousarray(split, dtype=np.int64).tobytes())
+        add(split, np.int64)
     for mod in dataset.modalities:
         h.update(mod.name.encode())
-        h.update(np.ascontiguousarray(mod.observed).tobytes())
-        h.update(np.ascontiguousarray(mod.values, dtype=np.float32).tobytes())
+        add(mod.observed)
+        add(mod.values, np.float32)
     if dataset.new_items is not None:
-        h.update(np.ascontiguousarray(dataset.new_items, dtype=np.int64).tobytes())
+        add(dataset.new_items, np.int64)
     return h.hexdigest()
 
 
@@ -37,16 +41,55 @@ def model_shape(model: LightGCN) -> dict[str, Any]:
     return {"n_users": model.n_users, "n_items": model.n_items, "dims": model.dims, "names": model.names}
 
 
-def model_state(model: LightGCN) -> dict[str, Any]:
-    """Weights, features and graphs of ``model``, detached copies."""
-    return {"weights": {k: v.detach().clone() for k, v in model.state_dict().items()},
-            "graphs": model.graph_state(), "epochs_generated": model.epochs_generated}
+def _fixed_feature_rows(model: LightGCN) -> dict[str, torch.Tensor]:
+    """Feature buffers whose observed rows never change during training (DGMRec's, unless features are
+    trained), each with its bool mask of the rows training may change."""
+    if not getattr(model, "n_modalities", 0) or model.config.train_features:
+        return {}
+    return {f"feat_{m}": ~model.observed[:, m] for m in range(model.n_modalities)}
+
+
+def model_state(model: LightGCN, *, compact: bool = False, clone: bool = True) -> dict[str, Any]:
+    """Weights, features and graphs of ``model``: detached copies (``clone``), or the live tensors for a
+    state that is written at once. ``compact`` keeps, of each fixed feature buffer, only the rows training
+    changes (the unobserved ones: imputed, then generated), under ``feature_rows``: a best-so-far state then
+    costs a third of the features instead of all of them under the paper's 2/3-missing protocol; restore it
+    into a model attached to the same data."""
+    take = (lambda v: v.detach().clone()) if clone else (lambda v: v.detach())
+    masks = _fixed_feature_rows(model) if compact else {}
+    weights = {k: take(v) for k, v in model.state_dict().items() if k not in masks}
+    state = {"weights": weights, "graphs": model.graph_state(), "epochs_generated": model.epochs_generated}
+    if masks:
+        state["feature_rows"] = {k: getattr(model, k).detach()[rows] for k, rows in masks.items()}
+    return state
 
 
 def restore_state(model: LightGCN, state: dict[str, Any]) -> None:
-    model.load_state_dict(state["weights"])
+    """Load a :func:`model_state` state; a compact one only changes the unobserved feature rows."""
+    rows = state.get("feature_rows", {})
+    missing, unexpected = model.load_state_dict(state["weights"], strict=not rows)
+    if unexpected or set(missing) != set(rows):
+        raise RuntimeError(f"state does not fit the model: missing {missing}, unexpected {unexpected}")
+    masks = _fixed_feature_rows(model)
+    with torch.no_grad():
+        for key, values in rows.items():
+            getattr(model, key)[masks[key]] = values.to(getattr(model, key).device)
     model.load_graph_state(state["graphs"])
     model.epochs_generated = state["epochs_generated"]
+
+
+def full_state(model: LightGCN, state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with every weight (a compact state's feature buffers rebuilt from ``model``'s observed rows),
+    for a checkpoint file that loads without the data."""
+    rows = state.get("feature_rows")
+    if not rows:
+        return state
+    masks = _fixed_feature_rows(model)
+    weights = dict(state["weights"])
+    for key, values in rows.items():
+        weights[key] = getattr(model, key).detach().clone()
+        weights[key][masks[key]] = values.to(weights[key].device)
+    return {k: v for k, v in state.items() if k != "feature_rows"} | {"weights": weights}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -55,13 +98,14 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save({"format": FORMAT, **payload}, tmp)
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's payload; a clear DataError when the file is missing or not a checkpoint."""
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint's payload; a clear DataError when the file is missing or not a checkpoint. With
+    ``mmap`` the tensors stay in the file, read when used."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint file does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
         raise DataError(path, f"not a readable checkpoint ({exc.__class__.__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

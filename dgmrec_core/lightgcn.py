@@ -72,8 +72,9 @@ class LightGCN(nn.Module):
         return []
 
     # ----------------------------------------------------------------- graphs
-    def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn) -> None:
-        """Build the user-item graphs from ``dataset``'s training split (``knn_fn`` is for subclasses)."""
+    def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn, *, take_features: bool = False) -> None:
+        """Build the user-item graphs from ``dataset``'s training split (``knn_fn`` and ``take_features`` are
+        for subclasses)."""
         train = dataset.interactions.train
         graphs = {"norm_adj": bipartite_norm_adj(self.n_users, self.n_items, train)}
         graphs["user_mean"], graphs["item_mean"] = mean_aggregators(self.n_users, self.n_items, train)

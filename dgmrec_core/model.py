@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,14 +120,22 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         """The CLUB estimators' parameters (their own optimiser)."""
         return list(self.club.parameters())
 
-    def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn) -> None:
-        """Load the features (imputed) and build every graph from ``dataset``'s training split."""
+    def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn, *, take_features: bool = False) -> None:
+        """Load the features (imputed) and build every graph from ``dataset``'s training split.
+
+        With ``take_features`` the model's feature rows become ``dataset``'s own arrays where it can share them
+        (float32, C-contiguous, writable, features not trained, model on the CPU): no second copy of the
+        catalog's features, and the arrays' unobserved rows then hold the model's imputed and, later,
+        generated rows. Only for a dataset nothing reads afterwards (``dgmrec train``'s; not the build's,
+        whose held-out rows are scored against their real features after training)."""
         super().attach(dataset, knn_fn)
         self._cache = None
         with torch.no_grad():
             self.observed.copy_(torch.as_tensor(dataset.observed))
             for m, mod in enumerate(dataset.modalities):
                 obs = self.observed[:, m]
+                if take_features and self._can_take(m, mod.values):
+                    self.register_buffer(f"feat_{m}", torch.from_numpy(mod.values))
                 target = self.features(m).detach()
                 if target.device.type == "cpu":  # imputed straight into the model's rows: no full-size copy
                     impute(mod.values, mod.observed, self.config.imputation, out=target.numpy())
@@ -134,6 +143,12 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                     target.copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
                 self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn,
                                                              observed_only=self.config.knn_observed_only).to_sparse_csr()
+
+    def _can_take(self, m: int, values) -> bool:
+        """Whether modality ``m``'s feature buffer can be ``values`` itself (see :meth:`attach`)."""
+        mine = self.features(m)
+        return (not self.config.train_features and mine.device.type == "cpu" and values.dtype == np.float32
+                and values.flags.c_contiguous and values.flags.writeable and tuple(values.shape) == tuple(mine.shape))
 
     def load_graph_state(self, state: dict) -> None:
         self._mean_filters, self._cache = None, None

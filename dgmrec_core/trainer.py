@@ -15,7 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import dataset_fingerprint, model_shape, model_state, read_checkpoint, restore_state, save_checkpoint
+from .checkpoint import (dataset_fingerprint, full_state, model_shape, model_state, read_checkpoint, restore_state,
+                         save_checkpoint)
 from .config import DGMRecConfig
 from .data import Dataset, Interactions
 from .errors import DataError
@@ -27,7 +28,7 @@ log = logging.getLogger("dgmrec.train")
 
 KS = (10, 20, 50)
 SELECT = "recall@20"
-REPLICATE_ENV = "DGMREC_DP_REPLICATE"  # =1: every rank trains on the whole batch (a check; _Run._batches)
+REPLICATE_ENV = "DGMREC_DP_REPLICATE"  # =1: every rank trains on the whole batch (a check; TrainingRun._batches)
 MIN_VALID_SHARE = 0.5  # below this share of training users with a validation item, no early stopping
 
 
@@ -149,7 +150,7 @@ class _Stopping:
     start: int = 0  # the first epoch to train
 
 
-class _Run:
+class TrainingRun:
     """One training run of :func:`fit`: the model, its optimisers and random streams, the stopping state.
 
     Under torchrun every rank holds an identical model: the per-epoch whole-catalog work runs on every
@@ -158,23 +159,23 @@ class _Run:
     every rank takes the same early-stopping decision."""
 
     def __init__(self, dataset: Dataset, config: DGMRecConfig, ctx: distributed.Context, knn_fn: KnnFn,
-                 problem: str | None, *, checkpoint: Path | None, progress: bool) -> None:
+                 problem: str | None, *, checkpoint: Path | None, progress: bool, take_features: bool = False) -> None:
         self.dataset, self.config, self.ctx, self.knn_fn, self.problem = dataset, config, ctx, knn_fn, problem
         self.checkpoint, self.progress = checkpoint, progress and ctx.is_main
         inter = dataset.interactions
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
+        self.fingerprint = dataset_fingerprint(dataset)  # before attach: with take_features it changes the data
         model = build_model(config, inter.n_users, inter.n_items, [m.dim for m in dataset.modalities],
                             [m.name for m in dataset.modalities])
-        model.attach(dataset, knn_fn)
+        model.attach(dataset, knn_fn, take_features=take_features)
         self.model = place(model, ctx.device)
         self.opt = torch.optim.Adam(model.main_parameters(), lr=config.lr)
         estimators = model.estimator_parameters()
         self.club_opt = torch.optim.Adam(estimators, lr=config.club_lr) if estimators else None
-        self.fingerprint = dataset_fingerprint(dataset)
-        self.state = _Stopping(best_state=model_state(model))
+        self.state = _Stopping(best_state=model_state(model, compact=True))  # the changing feature rows only
         self.sampler: NegativeSampler | None = None
-        self.saved: dict[str, Any] | None = None  # the last checkpoint payload written
+        self.saved = False  # whether a checkpoint was written
         if ctx.distributed and ctx.is_main:
             log.info("training data-parallel: each batch of %d split over %d processes", config.batch_size, ctx.world)
 
@@ -265,23 +266,24 @@ class _Run:
             valid = evaluate(self.model, self.dataset, "valid") if self.ctx.is_main else None
             record["valid"] = distributed.broadcast_object(self.ctx, valid)
         if self.problem is not None:
-            st.best_epoch, st.best_state = epoch + 1, model_state(self.model)
+            st.best_epoch, st.best_state = epoch + 1, model_state(self.model, compact=True)
         elif record["valid"][SELECT] > st.best_score:
-            st.best_score, st.best_epoch, st.best_state = record["valid"][SELECT], epoch + 1, model_state(self.model)
+            st.best_score, st.best_epoch = record["valid"][SELECT], epoch + 1
+            st.best_state = model_state(self.model, compact=True)
             st.stale = 0
         else:
             st.stale += 1
 
     def _save(self, epoch: int) -> None:
         st, opt, club_opt = self.state, self.opt, self.club_opt
-        save_checkpoint(self.checkpoint, saved := {
+        save_checkpoint(self.checkpoint, {  # the file holds whole states: it loads without the data
             "config": self.config.to_dict(), "shape": model_shape(self.model), "fingerprint": self.fingerprint,
-            "history": st.history, "best": st.best_state, "best_epoch": st.best_epoch,
-            "current": {"state": model_state(self.model), "opt": opt.state_dict(),
+            "history": st.history, "best": full_state(self.model, st.best_state), "best_epoch": st.best_epoch,
+            "current": {"state": model_state(self.model, clone=False), "opt": opt.state_dict(),
                         "club_opt": club_opt.state_dict() if club_opt is not None else None,
                         "rng": _rng_state(self.rng, self.ctx.device), "epoch": epoch, "best_score": st.best_score,
                         "stale": st.stale}})
-        self.saved = saved
+        self.saved = True
 
     def finish(self) -> TrainResult:
         """The best model (generation refitted, on every rank) and its final figures (computed on rank 0)."""
@@ -293,8 +295,9 @@ class _Run:
         distributed.sync_torch_rng(ctx)
         model.finish_training(config.seed)  # DGMRec: the generation refit (scores unchanged)
         if model.n_modalities and config.generation and config.gen_refit_steps:
-            if self.checkpoint is not None and self.saved is not None:
-                save_checkpoint(self.checkpoint, {**self.saved, "best": model_state(model)})
+            if self.checkpoint is not None and self.saved:  # the refitted best beside the file's other parts,
+                payload = read_checkpoint(self.checkpoint, mmap=True)  # read lazily: no second copy in memory
+                save_checkpoint(self.checkpoint, {**payload, "best": model_state(model, clone=False)})
         figures = None
         if ctx.is_main:
             valid = evaluate(model, dataset, "valid") if len(dataset.interactions.valid) else {}
@@ -316,7 +319,8 @@ def _mean_over_ranks(ctx: distributed.Context, sums: dict[str, float]) -> dict[s
 
 
 def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None = None, resume: bool = False,
-        knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True, device: str | torch.device = "auto") -> TrainResult:
+        knn_fn: KnnFn = chunked_cosine_knn, progress: bool = True, device: str | torch.device = "auto",
+        take_features: bool = False) -> TrainResult:
     """Train DGMRec (or a baseline, by ``config``) on ``dataset``; early stopping on valid Recall@20.
 
     Validation runs every ``eval_every`` epochs and at the last epoch. When the validation split is too
@@ -329,6 +333,10 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
     model trains. Launched by torchrun with several processes, training is data-parallel
     (docs/DESIGN.md, "Data-parallel training"): every rank returns the same result; only rank 0 writes
     the checkpoint and shows progress.
+
+    ``take_features``: the model shares ``dataset``'s feature arrays instead of copying them, and writes its
+    imputed and generated rows into their unobserved rows (``DGMRec.attach``); half the memory for the
+    features, for callers that do not read ``dataset``'s unobserved rows afterwards.
     """
     inter = dataset.interactions
     if len(inter.train) == 0:
@@ -338,8 +346,8 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         warnings.warn(f"{problem}: too sparse to stop early on validation {SELECT}; training a fixed "
                       f"{config.epochs} epochs (set epochs / --epochs) and keeping the last model",
                       SparseValidationWarning, stacklevel=2)
-    run = _Run(dataset, config, distributed.init(device), knn_fn, problem,
-               checkpoint=None if checkpoint is None else Path(checkpoint), progress=progress)
+    run = TrainingRun(dataset, config, distributed.init(device), knn_fn, problem, progress=progress,
+                      checkpoint=None if checkpoint is None else Path(checkpoint), take_features=take_features)
     if resume and run.checkpoint is not None and run.checkpoint.exists():
         run.resume()
     run.sampler = NegativeSampler(inter.train, inter.n_items, run.rng)

@@ -201,7 +201,8 @@ def _train_along(ctx: distributed.Context, args: argparse.Namespace, dataset: Da
     from dgmrec_core.trainer import fit
 
     checkpoint = distributed.broadcast_object(ctx, None)
-    fit(dataset, config, checkpoint=checkpoint, resume=args.resume, progress=False, device=ctx.device)
+    fit(dataset, config, checkpoint=checkpoint, resume=args.resume, progress=False, device=ctx.device,
+        take_features=True)  # nothing reads the data's features afterwards: no second copy
 
 
 def _train_and_publish(ctx: distributed.Context, args: argparse.Namespace, dataset: Dataset,
@@ -215,7 +216,8 @@ def _train_and_publish(ctx: distributed.Context, args: argparse.Namespace, datas
         checkpoint, copied = _start_checkpoint(out, resume=args.resume, force=args.force)
         distributed.broadcast_object(ctx, checkpoint)
         try:
-            result = fit(dataset, config, checkpoint=checkpoint, resume=args.resume, device=ctx.device)
+            result = fit(dataset, config, checkpoint=checkpoint, resume=args.resume, device=ctx.device,
+                         take_features=True)  # nothing reads the data's features afterwards: no second copy
         except BaseException:
             if copied:  # nothing of this attempt to keep: the published run is unchanged
                 shutil.rmtree(checkpoint.parent, ignore_errors=True)
