@@ -64,6 +64,17 @@ def model_state(model: LightGCN, *, compact: bool = False, clone: bool = True) -
     return state
 
 
+def compact_state(model: LightGCN, state: dict[str, Any]) -> dict[str, Any]:
+    """A whole :func:`model_state` state of ``model`` (as read from a checkpoint) made compact: of each fixed
+    feature buffer only the unobserved rows, as ``model_state(compact=True)`` keeps them."""
+    masks = _fixed_feature_rows(model)
+    if not masks or "feature_rows" in state:
+        return state
+    weights = {k: v for k, v in state["weights"].items() if k not in masks}
+    rows = {k: state["weights"][k][rows.to(state["weights"][k].device)] for k, rows in masks.items()}
+    return {**state, "weights": weights, "feature_rows": rows}
+
+
 def restore_state(model: LightGCN, state: dict[str, Any]) -> None:
     """Load a :func:`model_state` state; a compact one only changes the unobserved feature rows."""
     rows = state.get("feature_rows", {})

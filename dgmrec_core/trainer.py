@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (dataset_fingerprint, full_state, model_shape, model_state, read_checkpoint, restore_state,
-                         save_checkpoint)
+from .checkpoint import (compact_state, dataset_fingerprint, full_state, model_shape, model_state, read_checkpoint,
+                         restore_state, save_checkpoint)
 from .config import DGMRecConfig
 from .data import Dataset, Interactions
 from .errors import DataError
@@ -194,8 +194,9 @@ class TrainingRun:
         if self.club_opt is not None:
             self.club_opt.load_state_dict(cur["club_opt"])
         _set_rng_state(self.rng, cur["rng"], self.ctx.device)
-        self.state = _Stopping(best_state=payload["best"], history=payload["history"], best_score=cur["best_score"],
-                               best_epoch=payload["best_epoch"], stale=cur["stale"], start=cur["epoch"] + 1)
+        self.state = _Stopping(best_state=compact_state(self.model, payload["best"]), history=payload["history"],
+                               best_score=cur["best_score"], best_epoch=payload["best_epoch"], stale=cur["stale"],
+                               start=cur["epoch"] + 1)
 
     def _restore(self, state: dict[str, Any]) -> None:
         restore_state(self.model, state)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import make_toy_dataset
-from dgmrec_core.checkpoint import dataset_fingerprint, full_state, load_model, model_state, restore_state
+from dgmrec_core.checkpoint import (compact_state, dataset_fingerprint, full_state, load_model, model_state,
+                                   restore_state)
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.trainer import fit
 
@@ -53,6 +54,9 @@ def test_compact_state_holds_only_the_unobserved_rows_and_restores_exactly() -> 
         assert 0 < missing.sum() < model.n_items
     assert {k: torch.equal(v, full["weights"][k]) for k, v in full_state(model, compact)["weights"].items()} == \
         {k: True for k in full["weights"]}
+    made = compact_state(model, full)  # a whole state read from a checkpoint, made compact on resume
+    assert made["weights"].keys() == compact["weights"].keys()
+    assert all(torch.equal(made["feature_rows"][k], v) for k, v in compact["feature_rows"].items())
     with torch.no_grad():  # disturb what training changes: weights and the generated rows
         for m in range(model.n_modalities):
             model.features(m)[~model.observed[:, m]] += 1.0
