@@ -23,7 +23,7 @@ def dataset_fingerprint(dataset: Dataset) -> str:
     inter = dataset.interactions
 
     def add(array: np.ndarray, dtype=None) -> None:  # the array's bytes, hashed in place (no copy when C-ordered)
-        h.update(memoryview(np.ascontiguousarray(array, dtype=dtype)).cast("B"))
+        h.update(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
 
     add(np.asarray([inter.n_users, inter.n_items], dtype=np.int64))
     for split in (inter.train, inter.valid, inter.test):

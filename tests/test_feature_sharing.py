@@ -113,3 +113,5 @@ def test_fingerprint_is_the_hash_of_the_data_bytes_as_before() -> None:
     assert dataset_fingerprint(dataset) == h.hexdigest()
     dataset.modalities[0].values[0, 0] += 1.0
     assert dataset_fingerprint(dataset) != h.hexdigest()
+    dataset.interactions.valid = dataset.interactions.valid[:0]  # an empty split hashes too (no validation rows)
+    assert dataset_fingerprint(dataset) == (h2 := dataset_fingerprint(dataset)) and len(h2) == 64
