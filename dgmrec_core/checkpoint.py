@@ -89,20 +89,6 @@ def restore_state(model: LightGCN, state: dict[str, Any]) -> None:
     model.epochs_generated = state["epochs_generated"]
 
 
-def full_state(model: LightGCN, state: dict[str, Any]) -> dict[str, Any]:
-    """``state`` with every weight (a compact state's feature buffers rebuilt from ``model``'s observed rows),
-    for a checkpoint file that loads without the data."""
-    rows = state.get("feature_rows")
-    if not rows:
-        return state
-    masks = _fixed_feature_rows(model)
-    weights = dict(state["weights"])
-    for key, values in rows.items():
-        weights[key] = getattr(model, key).detach().clone()
-        weights[key][masks[key]] = values.to(weights[key].device)
-    return {k: v for k, v in state.items() if k != "feature_rows"} | {"weights": weights}
-
-
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """torch.save ``payload`` (with a format tag) to ``path`` atomically."""
     with atomic_path(path) as tmp:
@@ -130,6 +116,9 @@ def load_model(path: str | Path) -> tuple[LightGCN, dict[str, Any]]:
     shape = payload["shape"]
     model = build_model(DGMRecConfig.from_dict(payload["config"]), shape["n_users"], shape["n_items"],
                         shape["dims"], shape["names"])
-    restore_state(model, payload["best"])
+    best = payload["best"]
+    if "feature_rows" in best:  # a training checkpoint's compact best: its fixed feature rows are the current's
+        restore_state(model, payload["current"]["state"])
+    restore_state(model, best)
     model.eval()
     return model, payload

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .checkpoint import (compact_state, dataset_fingerprint, full_state, model_shape, model_state, read_checkpoint,
+from .checkpoint import (compact_state, dataset_fingerprint, model_shape, model_state, read_checkpoint,
                          restore_state, save_checkpoint)
 from .config import DGMRecConfig
 from .data import Dataset, Interactions
@@ -277,9 +277,9 @@ class TrainingRun:
 
     def _save(self, epoch: int) -> None:
         st, opt, club_opt = self.state, self.opt, self.club_opt
-        save_checkpoint(self.checkpoint, {  # the file holds whole states: it loads without the data
+        save_checkpoint(self.checkpoint, {  # the live state, and the compact best (load_model completes it)
             "config": self.config.to_dict(), "shape": model_shape(self.model), "fingerprint": self.fingerprint,
-            "history": st.history, "best": full_state(self.model, st.best_state), "best_epoch": st.best_epoch,
+            "history": st.history, "best": st.best_state, "best_epoch": st.best_epoch,
             "current": {"state": model_state(self.model, clone=False), "opt": opt.state_dict(),
                         "club_opt": club_opt.state_dict() if club_opt is not None else None,
                         "rng": _rng_state(self.rng, self.ctx.device), "epoch": epoch, "best_score": st.best_score,
