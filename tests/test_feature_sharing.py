@@ -12,15 +12,34 @@ import torch
 from conftest import make_toy_dataset
 from dgmrec_core.checkpoint import compact_state, dataset_fingerprint, load_model, model_state, restore_state
 from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 
-FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7, eval_every=1)
+# no generation refit at the end (its 1,000 steps are most of a toy run's time) unless a test asks for one
+FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7, eval_every=1,
+                    gen_refit_steps=0)
 
 
-def test_taken_features_train_exactly_like_copied_ones_and_share_the_data_arrays() -> None:
-    copied_data, taken_data = make_toy_dataset(), make_toy_dataset()
-    original = [m.values.copy() for m in copied_data.modalities]
-    copied = fit(copied_data, FAST, progress=False)
+def _attached(config: DGMRecConfig = FAST, *, take_features: bool = False, dataset=None) -> DGMRec:
+    dataset = make_toy_dataset() if dataset is None else dataset
+    torch.manual_seed(config.seed)
+    model = DGMRec(config, dataset.n_users, dataset.n_items, [m.dim for m in dataset.modalities],
+                   [m.name for m in dataset.modalities])
+    model.attach(dataset, take_features=take_features)
+    return model
+
+
+@pytest.fixture(scope="module")
+def copied():
+    """A run with copied features (the default) and its data: the reference the other runs must match."""
+    dataset = make_toy_dataset()
+    original = [m.values.copy() for m in dataset.modalities]
+    return dataset, original, fit(dataset, FAST, progress=False)
+
+
+def test_taken_features_train_exactly_like_copied_ones_and_share_the_data_arrays(copied) -> None:
+    copied_data, original, copied = copied
+    taken_data = make_toy_dataset()
     taken = fit(taken_data, FAST, progress=False, take_features=True)
     assert [h["loss"] for h in taken.history] == [h["loss"] for h in copied.history]
     assert taken.test == copied.test
@@ -37,14 +56,18 @@ def test_features_that_cannot_be_shared_are_copied() -> None:
     dataset = make_toy_dataset()
     for mod in dataset.modalities:
         mod.values.setflags(write=False)  # e.g. a read-only memory map
-    result = fit(dataset, replace(FAST, epochs=1), progress=False, take_features=True)
+    model = _attached(take_features=True, dataset=dataset)
     for m, mod in enumerate(dataset.modalities):
-        assert not np.shares_memory(mod.values, result.model.features(m).numpy())
+        assert not np.shares_memory(mod.values, model.features(m).numpy())
+    writable = make_toy_dataset()  # trained features (parameters) are never the data's arrays either
+    trained = _attached(replace(FAST, train_features=True), take_features=True, dataset=writable)
+    for m, mod in enumerate(writable.modalities):
+        assert isinstance(trained.features(m), torch.nn.Parameter)
+        assert not np.shares_memory(mod.values, trained.features(m).detach().numpy())
 
 
 def test_compact_state_holds_only_the_unobserved_rows_and_restores_exactly() -> None:
-    result = fit(make_toy_dataset(), FAST, progress=False)
-    model = result.model
+    model = fit(make_toy_dataset(), FAST, progress=False).model  # generated rows, trained weights
     full, compact = model_state(model), model_state(model, compact=True)
     for m in range(model.n_modalities):
         key, missing = f"feat_{m}", ~model.observed[:, m]
@@ -64,8 +87,7 @@ def test_compact_state_holds_only_the_unobserved_rows_and_restores_exactly() -> 
 
 
 def test_compact_state_of_another_shape_is_refused() -> None:
-    a = fit(make_toy_dataset(), replace(FAST, epochs=1), progress=False).model
-    b = fit(make_toy_dataset(), replace(FAST, epochs=1, embedding_size=32), progress=False).model
+    a, b = _attached(), _attached(replace(FAST, embedding_size=32))
     state = copy.deepcopy(model_state(a, compact=True))
     state["weights"].pop("enc_general.0.weight")
     with pytest.raises(RuntimeError, match="does not fit"):
@@ -89,8 +111,8 @@ def test_a_checkpoint_of_a_run_with_taken_features_loads_without_the_data(tmp_pa
         assert torch.equal(loaded.features(m), result.model.features(m))
 
 
-def test_resume_with_taken_features_continues_like_an_uninterrupted_run(tmp_path) -> None:
-    full = fit(make_toy_dataset(), FAST, progress=False)
+def test_resume_with_taken_features_continues_like_an_uninterrupted_run(tmp_path, copied) -> None:
+    full = copied[2]
     fit(make_toy_dataset(), replace(FAST, epochs=2), checkpoint=tmp_path / "m.pt", progress=False,
         take_features=True)
     resumed = fit(make_toy_dataset(), FAST, checkpoint=tmp_path / "m.pt", resume=True, progress=False,
