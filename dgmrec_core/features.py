@@ -42,6 +42,13 @@ def observed_from_rows(values: np.ndarray) -> np.ndarray:
     return np.any(values != 0, axis=1)
 
 
+def shareable(values: np.ndarray, like) -> bool:
+    """Whether ``values`` can stand in for the CPU tensor ``like`` (``torch.from_numpy``, then written to):
+    float32, C-ordered, writable, of the same shape; not a read-only memory map, say."""
+    return (like.device.type == "cpu" and values.dtype == np.float32 and values.flags.c_contiguous
+            and values.flags.writeable and tuple(values.shape) == tuple(like.shape))
+
+
 IMPUTE_CHUNK = 65_536  # rows copied at a time
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +18,7 @@ from torch import nn
 from . import batch_local
 from .config import DGMRecConfig
 from .data import Dataset
-from .features import impute
+from .features import impute, shareable
 from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
@@ -121,34 +120,23 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         return list(self.club.parameters())
 
     def attach(self, dataset: Dataset, knn_fn: KnnFn = chunked_cosine_knn, *, take_features: bool = False) -> None:
-        """Load the features (imputed) and build every graph from ``dataset``'s training split.
-
-        With ``take_features`` the model's feature rows become ``dataset``'s own arrays where it can share them
-        (float32, C-contiguous, writable, features not trained, model on the CPU): no second copy of the
-        catalog's features, and the arrays' unobserved rows then hold the model's imputed and, later,
-        generated rows. Only for a dataset nothing reads afterwards (``dgmrec train``'s; not the build's,
-        whose held-out rows are scored against their real features after training)."""
+        """Load the features (imputed) and build every graph from ``dataset``'s training split; ``take_features``:
+        the feature buffers are the data's own arrays where they can be (docs/DESIGN.md, "Batch-local training")."""
         super().attach(dataset, knn_fn)
         self._cache = None
         with torch.no_grad():
             self.observed.copy_(torch.as_tensor(dataset.observed))
             for m, mod in enumerate(dataset.modalities):
-                obs = self.observed[:, m]
-                if take_features and self._can_take(m, mod.values):
-                    self.register_buffer(f"feat_{m}", torch.from_numpy(mod.values))
                 target = self.features(m).detach()
+                if take_features and not self.config.train_features and shareable(mod.values, target):
+                    self.register_buffer(f"feat_{m}", target := torch.from_numpy(mod.values))
                 if target.device.type == "cpu":  # imputed straight into the model's rows: no full-size copy
                     impute(mod.values, mod.observed, self.config.imputation, out=target.numpy())
                 else:
                     target.copy_(torch.as_tensor(impute(mod.values, mod.observed, self.config.imputation)))
-                self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), obs, self.config.knn_k, knn_fn,
-                                                             observed_only=self.config.knn_observed_only).to_sparse_csr()
-
-    def _can_take(self, m: int, values) -> bool:
-        """Whether modality ``m``'s feature buffer can be ``values`` itself (see :meth:`attach`)."""
-        mine = self.features(m)
-        return (not self.config.train_features and mine.device.type == "cpu" and values.dtype == np.float32
-                and values.flags.c_contiguous and values.flags.writeable and tuple(values.shape) == tuple(mine.shape))
+                self.graphs[f"mm_{m}"] = modality_knn_graph(self.features(m), self.observed[:, m], self.config.knn_k,
+                                                             knn_fn, observed_only=self.config.knn_observed_only
+                                                             ).to_sparse_csr()
 
     def load_graph_state(self, state: dict) -> None:
         self._mean_filters, self._cache = None, None
