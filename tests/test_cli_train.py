@@ -12,7 +12,8 @@ from dgmrec_core.interactions import UnseenInTrainingWarning
 from dgmrec_core.masking import load_mask
 from ui.cli import main
 
-FAST = ["--epochs", "2", "--batch-size", "128", "--knn-k", "5"]
+# no generation refit after training (1,000 steps: most of a toy run), except where a test asks for it
+FAST = ["--gen-refit-steps", "0", "--epochs", "2", "--batch-size", "128", "--knn-k", "5"]
 
 
 @pytest.fixture()
