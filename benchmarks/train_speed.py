@@ -17,8 +17,10 @@
 Wall and CPU seconds are both recorded: on a shared machine the CPU time of a one-thread run is the
 steadier figure.
 
-Each (scenario, mode) runs in its own process, so peak resident memory (ru_maxrss) is its own. Records go
-to benchmarks/results/scale.json (kind "training") and a table to stdout.
+Each (scenario, mode) runs in its own process, so peak resident memory (ru_maxrss) is its own. The model,
+optimisers and best-so-far state are the trainer's own (``TrainingRun``, with the data's features shared as
+``dgmrec train`` shares them). Records go to benchmarks/results/scale.json (kind "training") and a table to
+stdout.
 """
 from __future__ import annotations
 
