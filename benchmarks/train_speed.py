@@ -119,7 +119,7 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
     wall, cpu = time.perf_counter(), time.process_time()
     # what `dgmrec train` holds: the model on the data's own feature arrays, the compact best-so-far state
     run = TrainingRun(dataset, config, distributed.init("cpu"), knn_fn, None, checkpoint=None, progress=False,
-               take_features=True)
+                      take_features=True)
     graphs = (time.perf_counter() - wall, time.process_time() - cpu)
     model, opt, club_opt = run.model, run.opt, run.club_opt
     rng = np.random.default_rng(config.seed)

@@ -12,21 +12,12 @@ import torch
 from conftest import make_toy_dataset
 from dgmrec_core.checkpoint import compact_state, dataset_fingerprint, load_model, model_state, restore_state
 from dgmrec_core.config import DGMRecConfig
-from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
+from test_model import _model
 
 # no generation refit at the end (its 1,000 steps are most of a toy run's time) unless a test asks for one
 FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7, eval_every=1,
                     gen_refit_steps=0)
-
-
-def _attached(config: DGMRecConfig = FAST, *, take_features: bool = False, dataset=None) -> DGMRec:
-    dataset = make_toy_dataset() if dataset is None else dataset
-    torch.manual_seed(config.seed)
-    model = DGMRec(config, dataset.n_users, dataset.n_items, [m.dim for m in dataset.modalities],
-                   [m.name for m in dataset.modalities])
-    model.attach(dataset, take_features=take_features)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +47,11 @@ def test_features_that_cannot_be_shared_are_copied() -> None:
     dataset = make_toy_dataset()
     for mod in dataset.modalities:
         mod.values.setflags(write=False)  # e.g. a read-only memory map
-    model = _attached(take_features=True, dataset=dataset)
+    model = _model(dataset, FAST, take_features=True)
     for m, mod in enumerate(dataset.modalities):
         assert not np.shares_memory(mod.values, model.features(m).numpy())
     writable = make_toy_dataset()  # trained features (parameters) are never the data's arrays either
-    trained = _attached(replace(FAST, train_features=True), take_features=True, dataset=writable)
+    trained = _model(writable, replace(FAST, train_features=True), take_features=True)
     for m, mod in enumerate(writable.modalities):
         assert isinstance(trained.features(m), torch.nn.Parameter)
         assert not np.shares_memory(mod.values, trained.features(m).detach().numpy())
@@ -87,7 +78,7 @@ def test_compact_state_holds_only_the_unobserved_rows_and_restores_exactly() -> 
 
 
 def test_compact_state_of_another_shape_is_refused() -> None:
-    a, b = _attached(), _attached(replace(FAST, embedding_size=32))
+    a, b = _model(make_toy_dataset(), FAST), _model(make_toy_dataset(), replace(FAST, embedding_size=32))
     state = copy.deepcopy(model_state(a, compact=True))
     state["weights"].pop("enc_general.0.weight")
     with pytest.raises(RuntimeError, match="does not fit"):

@@ -18,11 +18,11 @@ from dgmrec_core.trainer import fit
 FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7)
 
 
-def _model(dataset, config=FAST) -> DGMRec:
+def _model(dataset, config=FAST, *, take_features: bool = False) -> DGMRec:
     torch.manual_seed(config.seed)
     model = DGMRec(config, dataset.n_users, dataset.n_items, [m.dim for m in dataset.modalities],
                    [m.name for m in dataset.modalities])
-    model.attach(dataset)
+    model.attach(dataset, take_features=take_features)
     return model
 
 
