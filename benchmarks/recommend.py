@@ -57,6 +57,7 @@ MODELS = {
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
+    "dgmrec-generator-chain": {"gen_chain_scope": "generator"},  # the chain loss trains the generator's parts only
 }
 SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --setting -> the record's setting
 SPARSE_SHARE = 0.2

@@ -68,6 +68,10 @@ class DGMRecConfig:
                                   "batch's real features)")
     gen_weight: float = option(1.0, "contrastive generator: weight of the end-to-end generation loss (InfoNCE + MSE"
                                     " of the whole chain)")
+    gen_chain_scope: str = option("all", "contrastive generator, during training: what the chain loss trains: "
+                                         "'all' (the general encoders and the users' preference too) or "
+                                         "'generator' (only translators, specific generators and decoders: "
+                                         "the encoders and preferences learn from recommendation alone)")
     gen_refit_steps: int = option(1000, "contrastive generator: steps of the refit after training (its own copy of "
                                         "the general encoder, translators, specific generators and decoders fitted "
                                         "on the items' own modality pairs; recommendation scores unchanged); 0 = "
@@ -105,7 +109,7 @@ class DGMRecConfig:
 
     def __post_init__(self) -> None:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
-                   "generator": ("contrastive", "paper"),
+                   "generator": ("contrastive", "paper"), "gen_chain_scope": ("all", "generator"),
                    "untrained_items": ("content-neighbours", "paper"),
                    "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached")}
         for name, allowed in choices.items():

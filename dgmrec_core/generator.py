@@ -87,18 +87,23 @@ class GenerationMixin:
         the decoder's small inputs (``decoded_match``: no decoded row, no n x n product of wide features)."""
         return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp)
 
-    def _content_free_general(self, b: int, source_means: list[torch.Tensor | None]) -> torch.Tensor | None:
+    def _content_free_general(self, b: int, source_means: list[torch.Tensor | None],
+                              frozen_encoder: bool = False) -> torch.Tensor | None:
         """The general part of modality b translated from the other modalities' mean observed features: what
-        an item with no modality of its own gets (its identity then comes from its users' preference)."""
-        parts = [self.translate(a, b, self.generation_general(a, x[None])) for a, x in enumerate(source_means)
+        an item with no modality of its own gets (its identity then comes from its users' preference).
+        ``frozen_encoder``: no gradient reaches the general encoder (only the translators learn)."""
+        def general(a: int, x: torch.Tensor) -> torch.Tensor:
+            g = self.generation_general(a, x[None])
+            return g.detach() if frozen_encoder else g
+        parts = [self.translate(a, b, general(a, x)) for a, x in enumerate(source_means)
                  if a != b and x is not None]
         return torch.stack(parts).mean(0) if parts else None
 
     def _preference_chain_loss(self, b: int, source_means: list[torch.Tensor | None], f_b: torch.Tensor,
-                               x_b: torch.Tensor | DecoderTargets) -> torch.Tensor:
+                               x_b: torch.Tensor | DecoderTargets, frozen_encoder: bool = False) -> torch.Tensor:
         """Generation of an item with no modality: decoder_b([content-free general part, gen_b(f_b)]) against
         its real features (InfoNCE + MSE), so the users' preference carries what it can of the item."""
-        g = self._content_free_general(b, source_means)
+        g = self._content_free_general(b, source_means, frozen_encoder)
         if g is None:
             return f_b.new_zeros(())
         return self._decoded_match(b, torch.cat([g.expand(f_b.shape[0], -1), self.gen_specific[b](f_b)], dim=1), x_b)

@@ -289,6 +289,8 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         nce = partial(info_nce, bf16=c.bf16_logits)
         obs = self.observed[item(batch_items)]
         tg = p.g if self.raw_generation else p.gf  # translator targets
+        frozen = self.contrastive and c.gen_chain_scope == "generator"  # the chain trains the generator's parts only
+        src, pref = ([g.detach() for g in p.g], [x.detach() for x in pref]) if frozen else (p.g, pref)
         inter = gen = chain = self.user_emb.weight.new_zeros(())
         for a in range(M):
             for b in range(M):
@@ -298,7 +300,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                 if len(both):
                     gen = gen + F.mse_loss(self.translate(a, b, perturb(tg[a][both])), tg[b][both])
                     if self.contrastive:
-                        chain = chain + self._chain_loss(a, b, p.g[a][both], pref[b], targets[b].at(both))
+                        chain = chain + self._chain_loss(a, b, src[a][both], pref[b], targets[b].at(both))
                 if a < b:
                     inter = inter + nce(p.g[a][both], p.g[b][both], c.inter_modal_temp)
                     inter = inter + nce(p.gu[a], p.gu[b], c.inter_modal_temp, U, U)
@@ -310,7 +312,8 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
             if len(has):
                 gen = gen + F.mse_loss(self.gen_specific[m](perturb(p.f[m][has])), p.s[m][has])
                 if self.contrastive and M > 1:
-                    chain = chain + self._preference_chain_loss(m, means, p.f[m][has].detach(), targets[m].at(has))
+                    chain = chain + self._preference_chain_loss(m, means, p.f[m][has].detach(), targets[m].at(has),
+                                                                frozen)
         return inter, gen, chain
 
     def _alignment_terms(self, p: Parts, U: RowGroups, P: RowGroups) -> tuple[torch.Tensor, torch.Tensor]:
