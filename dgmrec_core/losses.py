@@ -1,6 +1,7 @@
 """Loss functions of DGMRec: BPR, InfoNCE, the CLUB mutual-information upper bound, perturbation."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -113,6 +114,18 @@ class DecoderTargets(NamedTuple):
 
     def rows(self, index: torch.Tensor) -> "DecoderTargets":
         return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width)
+
+
+@dataclass(frozen=True)
+class RowTargets:
+    """Decoder targets of some of a batch's rows: the rows, each row's position among them (-1: not there)."""
+
+    rows: torch.Tensor
+    position: torch.Tensor
+    targets: DecoderTargets
+
+    def at(self, rows: torch.Tensor) -> DecoderTargets:
+        return self.targets.rows(self.position[rows])
 
 
 def _targets(layer: nn.Linear, x: torch.Tensor | DecoderTargets) -> DecoderTargets:

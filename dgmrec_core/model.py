@@ -8,7 +8,6 @@ batch-local training mode in :mod:`dgmrec_core.batch_local`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -23,7 +22,7 @@ from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
 from .lightgcn import LightGCN, Parts
-from .losses import CLUB, DecoderTargets, RowGroups, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
+from .losses import CLUB, DecoderTargets, RowGroups, RowTargets, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
 
 
 def _mlp(d: int) -> nn.Sequential:
@@ -34,18 +33,6 @@ def _xavier(module: nn.Module) -> None:
     for layer in module.modules():
         if isinstance(layer, nn.Linear):
             nn.init.xavier_uniform_(layer.weight)
-
-
-@dataclass(frozen=True)
-class RowTargets:
-    """Decoder targets of some of a batch's rows: the rows, each row's position among them (-1: not there)."""
-
-    rows: torch.Tensor
-    position: torch.Tensor
-    targets: DecoderTargets
-
-    def at(self, rows: torch.Tensor) -> DecoderTargets:
-        return self.targets.rows(self.position[rows])
 
 
 class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
