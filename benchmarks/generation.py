@@ -50,7 +50,8 @@ ML100K = ROOT.parent / "shared" / "data" / "movielens100k-posters" / "mmrec"
 SHOP_INDEX = ROOT / "indexes" / "sample-shop"
 SHOP_DATA = ROOT / ".cache" / "demo" / "sample-shop"
 VARIANTS = {"default": {}, "paper": {"generator": "paper"},
-            "default-no-refit": {"gen_refit_steps": 0}, "default-no-calibration": {"gen_calibration": False}}
+            "default-no-refit": {"gen_refit_steps": 0}, "default-no-calibration": {"gen_calibration": False},
+            "default-generator-chain": {"gen_chain_scope": "generator"}}
 log = logging.getLogger("generation")
 
 
