@@ -58,6 +58,8 @@ MODELS = {
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
     "dgmrec-generator-chain": {"gen_chain_scope": "generator"},  # the chain loss trains the generator's parts only
+    "dgmrec-gated": {"fusion": "gated"},  # modality parts let in by a learned scalar from 0
+    "dgmrec-batch-local-gated": {"training_mode": "batch-local", "fusion": "gated"},
 }
 SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --setting -> the record's setting
 SPARSE_SHARE = 0.2

@@ -98,6 +98,10 @@ class DGMRecConfig:
                                           "propagated from their own fresh rows and every other node's layers read "
                                           "from a per-epoch cache; per-batch cost grows with the batch's "
                                           "neighbourhood, not the graph)")
+    fusion: str = option("paper", "how an item's (and a user's) modality parts join its collaborative embedding: "
+                                  "'paper' (e + (mean_m g_m + sum_m s_m) / (M + 1)) or 'gated' (the same sum "
+                                  "times a learned scalar that starts at 0: training starts as LightGCN and "
+                                  "lets content in as far as it helps)")
     generation: bool = option(True, "generate missing features each epoch (off = the no-generation baseline: "
                                     "features stay imputed)")
     use_modalities: bool = option(True, "off = plain LightGCN baseline (no modality branch at all)")
@@ -110,6 +114,7 @@ class DGMRecConfig:
     def __post_init__(self) -> None:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
                    "generator": ("contrastive", "paper"), "gen_chain_scope": ("all", "generator"),
+                   "fusion": ("paper", "gated"),
                    "untrained_items": ("content-neighbours", "paper"),
                    "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached")}
         for name, allowed in choices.items():

@@ -55,6 +55,8 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
             self.gen_enc_general = nn.ModuleList(nn.Linear(dm, d) for dm in dims)  # refit: draws no
             self.gen_shared = nn.Linear(d, d)  # random numbers, so the paper's runs stay as they were
         self.register_buffer("gen_refitted", torch.zeros((), dtype=torch.bool))
+        if config.fusion == "gated":  # the modality parts' share of the fused embeddings, learned from 0
+            self.fusion_gate = nn.Parameter(torch.zeros(()))
         for m, dm in enumerate(dims):
             feat = torch.zeros(n_items, dm)
             if config.train_features:
@@ -213,10 +215,12 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         return Parts(e_u, e_i, g, s, f, gf, sf, [self.to_users(h) for h in gf], [self.to_users(h) for h in sf], x)
 
     def fuse(self, parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
-        """u = e_u + (mean_m g_m(u) + sum_m s_m(u)) / (M + 1); the same for items."""
+        """u = e_u + a (mean_m g_m(u) + sum_m s_m(u)) / (M + 1); the same for items. a = 1 (the paper) or the
+        learned ``fusion_gate`` (``config.fusion`` 'gated')."""
         M = self.n_modalities
-        users = parts.e_u + (torch.stack(parts.gu).mean(0) + torch.stack(parts.su).sum(0)) / (M + 1)
-        items = parts.e_i + (torch.stack(parts.gf).mean(0) + torch.stack(parts.sf).sum(0)) / (M + 1)
+        a = self.fusion_gate / (M + 1) if self.config.fusion == "gated" else 1 / (M + 1)
+        users = parts.e_u + a * (torch.stack(parts.gu).mean(0) + torch.stack(parts.su).sum(0))
+        items = parts.e_i + a * (torch.stack(parts.gf).mean(0) + torch.stack(parts.sf).sum(0))
         return users, items
 
     # -------------------------------------------------------------------- loss
