@@ -1,0 +1,49 @@
+"""config.fusion: the paper's fixed sum of modality parts, or a learned gate that starts at 0."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from conftest import make_toy_dataset
+from dgmrec_core.checkpoint import load_model
+from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.model import DGMRec
+from dgmrec_core.trainer import fit
+
+FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7, gen_refit_steps=0)
+
+
+def _model(config: DGMRecConfig) -> tuple[DGMRec, object]:
+    dataset = make_toy_dataset()
+    torch.manual_seed(config.seed)
+    model = DGMRec(config, dataset.n_users, dataset.n_items, [m.dim for m in dataset.modalities],
+                   [m.name for m in dataset.modalities])
+    model.attach(dataset)
+    return model, dataset
+
+
+def test_gated_fusion_starts_as_the_collaborative_embeddings_and_learns_its_gate() -> None:
+    model, _ = _model(replace(FAST, fusion="gated"))
+    parts = model.forward_parts()
+    users, items = model.fuse(parts)
+    assert torch.equal(users, parts.e_u) and torch.equal(items, parts.e_i)
+    paper, _ = _model(FAST)
+    paper_users, _ = paper.fuse(paper.forward_parts())
+    assert not torch.allclose(paper_users, paper.forward_parts().e_u)  # the paper's sum adds content at once
+    loss, _ = model.loss(torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]))
+    loss.backward()
+    assert model.fusion_gate.grad is not None and float(model.fusion_gate.grad.abs()) > 0
+
+
+def test_gated_fusion_trains_and_its_checkpoint_restores_the_gate(tmp_path) -> None:
+    dataset = make_toy_dataset()
+    result = fit(dataset, replace(FAST, fusion="gated"), checkpoint=tmp_path / "model.pt", progress=False)
+    gate = float(result.model.fusion_gate.detach())
+    assert gate != 0.0
+    assert result.test["recall@20"] > 0.5  # the toy answer (two clusters) is learned
+    loaded, _ = load_model(tmp_path / "model.pt")
+    assert float(loaded.fusion_gate.detach()) == gate
+    for mine, theirs in zip(loaded.final_embeddings(), result.model.final_embeddings()):
+        assert torch.equal(mine, theirs)
+    assert "fusion_gate" not in _model(FAST)[0].state_dict()  # the paper's state is unchanged
