@@ -60,6 +60,8 @@ MODELS = {
     "dgmrec-generator-chain": {"gen_chain_scope": "generator"},  # the chain loss trains the generator's parts only
     "dgmrec-gated": {"fusion": "gated"},  # modality parts let in by a learned scalar from 0
     "dgmrec-batch-local-gated": {"training_mode": "batch-local", "fusion": "gated"},
+    "dgmrec-no-bm": {"align_bm": 0.0},  # diagnosis: without the behaviour-modality InfoNCE
+    "dgmrec-no-intra": {"intra_modal": 0.0},  # diagnosis: without the user-item InfoNCE alignments
 }
 SETTINGS = {"full": "full", "new-item": "new-items", "sparse": "full"}  # --setting -> the record's setting
 SPARSE_SHARE = 0.2
