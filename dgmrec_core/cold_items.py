@@ -37,10 +37,9 @@ class UntrainedItemsMixin:
         M = self.n_modalities
         g = [self.mean_filter(m) * self.general(m, feats[m]) for m in range(M)]
         s = [self.mean_filter(m) * self.specific(m, feats[m]) for m in range(M)]
-        content = (torch.stack(g).mean(0) + torch.stack(s).sum(0)) / (M + 1)
         if self.config.untrained_items == "paper":
-            return content
-        return content + self._neighbour_ids_of(feats)
+            return self.with_modalities(torch.zeros(()), g, s)
+        return self.with_modalities(self._neighbour_ids_of(feats), g, s)
 
     def _neighbour_ids_of(self, feats: list[torch.Tensor], chunk: int = 1024) -> torch.Tensor:
         """Per new row: the weighted mean (cosine weights, clamped at 0) of the collaborative embeddings of

@@ -214,14 +214,16 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         sf = [self.propagate(m, f[m] * s[m]) for m in M]
         return Parts(e_u, e_i, g, s, f, gf, sf, [self.to_users(h) for h in gf], [self.to_users(h) for h in sf], x)
 
+    def with_modalities(self, e: torch.Tensor, general: list[torch.Tensor], specific: list[torch.Tensor]
+                        ) -> torch.Tensor:
+        """e + (mean_m general_m + sum_m specific_m) / (M + 1) (the paper), the sum times the learned
+        ``fusion_gate`` with ``config.fusion`` 'gated'."""
+        content = (torch.stack(general).mean(0) + torch.stack(specific).sum(0)) / (self.n_modalities + 1)
+        return e + (self.fusion_gate * content if self.config.fusion == "gated" else content)
+
     def fuse(self, parts: Parts) -> tuple[torch.Tensor, torch.Tensor]:
-        """u = e_u + a (mean_m g_m(u) + sum_m s_m(u)) / (M + 1); the same for items. a = 1 (the paper) or the
-        learned ``fusion_gate`` (``config.fusion`` 'gated')."""
-        M = self.n_modalities
-        a = self.fusion_gate / (M + 1) if self.config.fusion == "gated" else 1 / (M + 1)
-        users = parts.e_u + a * (torch.stack(parts.gu).mean(0) + torch.stack(parts.su).sum(0))
-        items = parts.e_i + a * (torch.stack(parts.gf).mean(0) + torch.stack(parts.sf).sum(0))
-        return users, items
+        """Fused users and items: ``with_modalities`` of the collaborative embeddings and the propagated parts."""
+        return self.with_modalities(parts.e_u, parts.gu, parts.su), self.with_modalities(parts.e_i, parts.gf, parts.sf)
 
     # -------------------------------------------------------------------- loss
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

@@ -47,3 +47,20 @@ def test_gated_fusion_trains_and_its_checkpoint_restores_the_gate(tmp_path) -> N
     for mine, theirs in zip(loaded.final_embeddings(), result.model.final_embeddings()):
         assert torch.equal(mine, theirs)
     assert "fusion_gate" not in _model(FAST)[0].state_dict()  # the paper's state is unchanged
+
+
+def test_items_added_after_training_are_fused_with_the_same_gate() -> None:
+    """``cold_item_embeddings`` (items appended to an index) weighs their content parts as training did: by
+    nothing at a gate of 0, by the gate once it has moved."""
+    model, dataset = _model(replace(FAST, fusion="gated"))
+    model.eval()
+    feats = [torch.as_tensor(m.values[:4]) for m in dataset.modalities]
+    neighbours = model._neighbour_ids_of(feats)
+    assert torch.equal(model.cold_item_embeddings(feats), neighbours)
+    with torch.no_grad():
+        model.fusion_gate.fill_(2.0)
+    paper, _ = _model(FAST)
+    paper.load_state_dict({k: v for k, v in model.state_dict().items() if k != "fusion_gate"})
+    paper.eval()
+    content = paper.cold_item_embeddings(feats) - paper._neighbour_ids_of(feats)
+    assert torch.allclose(model.cold_item_embeddings(feats), neighbours + 2.0 * content, atol=1e-6)
