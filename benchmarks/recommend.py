@@ -53,8 +53,7 @@ MODELS = {
     "dgmrec-paper": {"generator": "paper", "untrained_items": "paper", "training_mode": "paper-exact"},
     "dgmrec-random-untrained": {"untrained_items": "paper"},  # the default but untrained items keep random IDs
     "dgmrec-observed-knn": {"knn_observed_only": True},
-    "dgmrec-batch-local": {"training_mode": "batch-local"},  # batches compute only their rows (default since 12-03)
-    "dgmrec-paper-exact": {"training_mode": "paper-exact"},  # the default's options with whole-catalog batches
+    "dgmrec-batch-local": {"training_mode": "batch-local"},  # batches compute only their rows, on any catalog
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},

@@ -84,15 +84,14 @@ class DGMRecConfig:
                                                        "weighted mean of their trained neighbours' in the modality "
                                                        "kNN graphs; 'paper': their ID embedding stays at its random "
                                                        "initialisation, as in the paper's code")
-    training_mode: str = option("batch-local", "what a training batch computes: 'batch-local' (the default, "
-                                               "docs/DESIGN.md 'Batch-local training': only the batch's items "
-                                               "and users, other rows read from a cache refreshed each epoch; "
-                                               "per-batch cost grows with the batch, not the catalog; measured "
-                                               "the more accurate on MovieLens-100K), 'paper-exact' (the "
-                                               "paper's code: every item's modality representations on every "
-                                               "batch) or 'auto' (batch-local when the catalog has more items "
-                                               "than a batch can touch, 2 x batch_size, else paper-exact: the "
-                                               "faster on small catalogs)")
+    training_mode: str = option("auto", "what a training batch computes: 'paper-exact' (the paper's code: "
+                                               "every item's modality representations on every batch), "
+                                               "'batch-local' (docs/DESIGN.md 'Batch-local training': only the "
+                                               "batch's items and users, other rows read from a cache refreshed "
+                                               "each epoch; per-batch cost grows with the batch, not the "
+                                               "catalog) or 'auto' (the default: batch-local when the catalog has "
+                                               "more items than a batch can touch, 2 x batch_size, else "
+                                               "paper-exact)")
     cf_propagation: str = option("exact", "batch-local mode's collaborative (LightGCN) embeddings: 'exact' (the "
                                           "default: whole-graph propagation on every batch) or 'cached' "
                                           "(docs/DESIGN.md 'Batch-local training': the batch's users and items "
