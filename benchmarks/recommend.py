@@ -54,6 +54,7 @@ MODELS = {
     "dgmrec-random-untrained": {"untrained_items": "paper"},  # the default but untrained items keep random IDs
     "dgmrec-observed-knn": {"knn_observed_only": True},
     "dgmrec-batch-local": {"training_mode": "batch-local"},  # batches compute only their rows, on any catalog
+    "dgmrec-paper-exact": {"training_mode": "paper-exact"},  # the default's options with whole-catalog batches
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
