@@ -166,14 +166,10 @@ def test_chain_scope_decides_what_the_chain_loss_trains(scope: str) -> None:
     """gen_chain_scope 'generator': the training-time chain loss reaches only the generator's parts
     (translators, specific generators, decoders), never the general encoders or the users' preference;
     'all' (the default) reaches the encoders and the user embeddings too."""
-    from dgmrec_core.model import DGMRec
+    from test_model import _model
 
     dataset, _ = linear_dataset()
-    config = replace(CONFIG, gen_chain_scope=scope)
-    torch.manual_seed(0)
-    model = DGMRec(config, dataset.n_users, dataset.n_items, [m.dim for m in dataset.modalities],
-                   [m.name for m in dataset.modalities])
-    model.attach(dataset)
+    model = _model(dataset, replace(CONFIG, gen_chain_scope=scope))
     train = torch.as_tensor(dataset.interactions.train, dtype=torch.long)[:128]
     users, pos = train[:, 0], train[:, 1]
     neg = torch.randint(0, dataset.n_items, pos.shape, generator=torch.Generator().manual_seed(0))
