@@ -114,7 +114,7 @@ def load_model(path: str | Path) -> tuple[LightGCN, dict[str, Any]]:
     """The best model of a checkpoint, ready for inference, and the checkpoint's payload."""
     payload = read_checkpoint(path)
     shape = payload["shape"]
-    model = build_model(DGMRecConfig.from_dict(payload["config"]), shape["n_users"], shape["n_items"],
+    model = build_model(DGMRecConfig.from_saved(payload["config"], str(path)), shape["n_users"], shape["n_items"],
                         shape["dims"], shape["names"])
     best = payload["best"]
     if "feature_rows" in best:  # a training checkpoint's compact best: its fixed feature rows are the current's

@@ -72,6 +72,12 @@ class DGMRecConfig:
                                          "'all' (the general encoders and the users' preference too) or "
                                          "'generator' (only translators, specific generators and decoders: "
                                          "the encoders and preferences learn from recommendation alone)")
+    gen_training: str = option("joint", "contrastive generator: when its chain learns: 'joint' (alongside the "
+                                        "recommendation loss, as gen_weight and gen_chain_scope say, then refitted) "
+                                        "or 'after' (docs/DESIGN.md 'Generation after training': training runs the "
+                                        "paper's generation terms exactly, as --generator paper; the contrastive "
+                                        "chain is then fitted on the best state by the refit, gen_refit_steps "
+                                        "steps; recommendation scores are the paper's)")
     gen_refit_steps: int = option(1000, "contrastive generator: steps of the refit after training (its own copy of "
                                         "the general encoder, translators, specific generators and decoders fitted "
                                         "on the items' own modality pairs; recommendation scores unchanged); 0 = "
@@ -114,6 +120,7 @@ class DGMRecConfig:
     def __post_init__(self) -> None:
         choices = {"imputation": ("mean", "zero"), "generation_space": ("propagated", "raw"),
                    "generator": ("contrastive", "paper"), "gen_chain_scope": ("all", "generator"),
+                   "gen_training": ("joint", "after"),
                    "fusion": ("paper", "gated"),
                    "untrained_items": ("content-neighbours", "paper"),
                    "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached")}
@@ -149,6 +156,12 @@ class DGMRecConfig:
         return cls(**data)
 
     @classmethod
+    def from_saved(cls, data: dict[str, Any], source: str | None = None) -> "DGMRecConfig":
+        """The config a checkpoint recorded: an option it lacks (the file predates the option) takes the value
+        it had in effect before the option existed, which is not always today's default."""
+        return cls.from_dict(with_predated(data), source)
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "DGMRecConfig":
         try:
             data = json.loads(Path(path).read_text())
@@ -157,6 +170,16 @@ class DGMRecConfig:
         if not isinstance(data, dict):
             raise DataError(path, "config must be a JSON object")
         return cls.from_dict(data, source=str(path))
+
+
+# Options whose default changed after they were added, or that were added to name what an older version did:
+# their behaviour before they existed (a checkpoint without the key was trained that way).
+PREDATED: dict[str, Any] = {"gen_training": "joint"}
+
+
+def with_predated(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint's config dict) with the options it predates set to their behaviour then."""
+    return {**{k: v for k, v in PREDATED.items() if k not in saved}, **saved}
 
 
 # Lower bounds of the numeric options: (bound, strict); strict means the bound itself is refused.

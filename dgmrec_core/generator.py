@@ -227,9 +227,10 @@ class GenerationMixin:
         The general encoder learns for recommendation too and loses item identity as training goes on, so
         generation gets its own copy of it (started from the trained one) and fits that copy, the
         translators, specific generators and decoders on the items observing both modalities of each
-        pair, with the users' preferences fixed. Returns the last loss; recalibrates.
+        pair, with the users' preferences fixed. Returns the last loss; recalibrates. With ``gen_training``
+        'after' this is where the contrastive generator first learns (training ran the paper's terms).
         """
-        if not self.contrastive or self.n_modalities < 2 or steps <= 0:
+        if self.config.generator != "contrastive" or self.n_modalities < 2 or steps <= 0:
             return float("nan")
         with torch.no_grad():
             for copy, trained in zip(self.gen_enc_general, self.enc_general):

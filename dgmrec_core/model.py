@@ -83,8 +83,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
 
     @property
     def contrastive(self) -> bool:
-        """The contrastive generator (the default) rather than the paper's."""
-        return self.config.generator == "contrastive"
+        """The contrastive generator is the one in effect (training terms, generation, calibration) rather than
+        the paper's: always with ``generator`` 'contrastive' and ``gen_training`` 'joint'; with 'after', once
+        the refit fitted it (until then training and generation are the paper's)."""
+        c = self.config
+        return c.generator == "contrastive" and (c.gen_training == "joint" or bool(self.gen_refitted))
 
     @property
     def raw_generation(self) -> bool:

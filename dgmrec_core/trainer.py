@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checkpoint import (compact_state, dataset_fingerprint, model_shape, model_state, read_checkpoint,
                          restore_state, save_checkpoint)
-from .config import DGMRecConfig
+from .config import DGMRecConfig, with_predated
 from .data import Dataset, Interactions
 from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
@@ -109,9 +109,10 @@ RESUMABLE = ("epochs",)  # options a resumed run may change (e.g. to train longe
 def config_changes(saved: dict[str, Any], config: DGMRecConfig) -> str:
     """'' when ``config`` matches the ``saved`` config dict, else the differing keys as 'key: old -> new'.
 
-    An option the saved config lacks (a checkpoint older than the option) matches its default."""
+    An option the saved config lacks (a checkpoint older than the option) matches the value it had then
+    (``config.PREDATED``), else its default."""
     wanted = config.to_dict()
-    saved = {**DGMRecConfig().to_dict(), **saved}
+    saved = {**DGMRecConfig().to_dict(), **with_predated(saved)}
     keys = sorted(k for k in set(saved) | set(wanted) if k not in RESUMABLE and saved.get(k) != wanted.get(k))
     return ", ".join(f"{k}: {saved.get(k)!r} -> {wanted.get(k)!r}" for k in keys)
 
