@@ -58,6 +58,7 @@ MODELS = {
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
+    "dgmrec-after": {"gen_training": "after"},  # the paper's training, the contrastive generator fitted after
     "dgmrec-generator-chain": {"gen_chain_scope": "generator"},  # the chain loss trains the generator's parts only
     "dgmrec-gated": {"fusion": "gated"},  # modality parts let in by a learned scalar from 0
     "dgmrec-batch-local-gated": {"training_mode": "batch-local", "fusion": "gated"},
