@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,8 @@ def fit_content(dataset: Dataset, config: DGMRecConfig, *, knn_fn: KnnFn = chunk
         raise DataError(None, f"a catalog without interactions learns generation from items that have both an "
                               f"image and a text; {int(pairs.sum())} of {dataset.n_items} items have both "
                               "(at least 2 needed)")
+    # Without users there is no recommendation to protect: the contrastive chain is all there is to train.
+    config = replace(config, gen_training="joint")
     seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     model = DGMRec(config, 0, dataset.n_items, [m.dim for m in dataset.modalities],

@@ -35,11 +35,13 @@ def _paired_dataset(n: int = 120, seed: int = 0) -> tuple[Dataset, np.ndarray, n
     return Dataset(inter, mods, name="paired"), text, has_text
 
 
-def test_content_training_learns_generation_without_users() -> None:
+@pytest.mark.parametrize("gen_training", ["joint", "after"])  # no users: the chain trains either way
+def test_content_training_learns_generation_without_users(gen_training: str) -> None:
     dataset, text, has_text = _paired_dataset()
-    config = DGMRecConfig(embedding_size=32, epochs=60, knn_k=5, batch_size=2048, seed=3)
+    config = DGMRecConfig(embedding_size=32, epochs=60, knn_k=5, batch_size=2048, seed=3, gen_training=gen_training)
     result = fit_content(dataset, config, progress=False)
     model = result.model
+    assert model.contrastive
     assert model.n_users == 0 and len(result.history) == 60 and result.best_epoch == 60
     chain = [h["loss"]["chain"] for h in result.history]
     assert chain[-1] < 0.6 * chain[0]
