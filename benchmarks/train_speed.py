@@ -57,7 +57,13 @@ log = logging.getLogger("train_speed")
 REFERENCE_S_PER_EPOCH = {"ml100k": {2: 9.36, 1: 13.4}, "baby": {2: 42.2, 1: 61.6}}
 # Each mode's config: the two training modes, and batch-local with cached collaborative layers.
 MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"training_mode": "batch-local"},
-         "batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"}}
+         "batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},
+         # the generation schedule named (the three above take the default's): 'after' (docs/DESIGN.md,
+         # "Generation after training") has no contrastive chain in the training batches
+         "paper-exact-joint": {"training_mode": "paper-exact", "gen_training": "joint"},
+         "paper-exact-after": {"training_mode": "paper-exact", "gen_training": "after"},
+         "batch-local-joint": {"training_mode": "batch-local", "gen_training": "joint"},
+         "batch-local-after": {"training_mode": "batch-local", "gen_training": "after"}}
 
 
 @dataclass(frozen=True)
