@@ -59,6 +59,7 @@ MODELS = {
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
     "dgmrec-after": {"gen_training": "after"},  # the paper's training, the contrastive generator fitted after
+    "dgmrec-light-chain": {"gen_weight": 0.1},  # the joint chain at a tenth of its weight
     "dgmrec-generator-chain": {"gen_chain_scope": "generator"},  # the chain loss trains the generator's parts only
     "dgmrec-gated": {"fusion": "gated"},  # modality parts let in by a learned scalar from 0
     "dgmrec-batch-local-gated": {"training_mode": "batch-local", "fusion": "gated"},
