@@ -71,7 +71,9 @@ def test_no_refit_leaves_the_papers_generator() -> None:
     assert not result.model.contrastive
 
 
-def test_a_checkpoint_from_before_the_option_was_trained_joint() -> None:
+def test_a_checkpoint_from_before_the_option_was_trained_joint(monkeypatch) -> None:
+    from dgmrec_core import config as config_module
+
     saved = DGMRecConfig().to_dict()
     del saved["gen_training"]
     assert DGMRecConfig.from_saved(saved).gen_training == "joint"
@@ -79,8 +81,32 @@ def test_a_checkpoint_from_before_the_option_was_trained_joint() -> None:
     assert config_changes(saved, replace(DGMRecConfig(), gen_training="joint")) == ""
     assert "gen_training" in config_changes(saved, replace(DGMRecConfig(), gen_training="after"))
     assert DGMRecConfig.from_dict({}).gen_training == DGMRecConfig().gen_training  # a config file: today's default
+    monkeypatch.setitem(config_module.PREDATED, "gen_training", "after")  # read from PREDATED, not the default
+    assert DGMRecConfig.from_saved(saved).gen_training == "after"
+    assert "gen_training" in config_changes(saved, replace(DGMRecConfig(), gen_training="joint"))
 
 
 def test_unknown_schedule_is_refused() -> None:
     with pytest.raises(DataError, match="gen_training"):
         DGMRecConfig(gen_training="later")
+
+
+
+def test_loading_a_checkpoint_that_predates_the_option_keeps_its_joint_generator(tmp_path, monkeypatch) -> None:
+    """A joint-trained model without a refit: read as 'after' it would switch to the paper's generator."""
+    from dgmrec_core import config as config_module
+    from dgmrec_core.checkpoint import load_model, read_checkpoint, save_checkpoint
+
+    dataset, _ = linear_dataset(seed=2)
+    config = replace(CONFIG, epochs=2, gen_refit_steps=0, gen_training="joint")
+    result = fit(dataset, config, checkpoint=tmp_path / "model.pt", progress=False)
+    payload = read_checkpoint(tmp_path / "model.pt")
+    del payload["config"]["gen_training"]  # as written before the option existed
+    save_checkpoint(tmp_path / "old.pt", {k: v for k, v in payload.items() if k != "format"})
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert loaded.config.gen_training == "joint" and loaded.contrastive
+    for mine, theirs in zip(loaded.generated_features(noise=False), result.model.generated_features(noise=False)):
+        assert torch.equal(mine, theirs)
+    # the value comes from PREDATED, not from today's default (the two agree today)
+    monkeypatch.setitem(config_module.PREDATED, "gen_training", "after")
+    assert load_model(tmp_path / "old.pt")[0].config.gen_training == "after"
