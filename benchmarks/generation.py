@@ -51,7 +51,8 @@ SHOP_INDEX = ROOT / "indexes" / "sample-shop"
 SHOP_DATA = ROOT / ".cache" / "demo" / "sample-shop"
 VARIANTS = {"default": {}, "paper": {"generator": "paper"},
             "default-no-refit": {"gen_refit_steps": 0}, "default-no-calibration": {"gen_calibration": False},
-            "default-generator-chain": {"gen_chain_scope": "generator"}, "after": {"gen_training": "after"}}
+            "default-generator-chain": {"gen_chain_scope": "generator"}, "after": {"gen_training": "after"},
+            "light-chain": {"gen_weight": 0.1}}
 log = logging.getLogger("generation")
 
 
