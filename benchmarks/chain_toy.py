@@ -1,7 +1,7 @@
 """New-item recall on the two-cluster toy catalog of the tests, per training variant: a cheap first check of
 how a candidate default treats items without interactions, before the hour-long runs on real data.
 
-The toy (tests/conftest.py ``make_toy_dataset``, new items as in tests/test_untrained_items.py): 40 users,
+The toy (tests/conftest.py ``make_new_item_toy_dataset``, as tests/test_untrained_items.py uses it): 40 users,
 60 items in two clusters that the features reveal, each user likes 12 items of one cluster, 30% of items
 miss a modality, 20% of items are new (no training or validation interaction). Recall@10 on the new
 items' test interactions (chance 10/60) and on every test interaction, at two training lengths.
@@ -25,10 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import make_toy_dataset  # noqa: E402
+from conftest import make_new_item_toy_dataset  # noqa: E402
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
-from dgmrec_core.masking import make_new_item_split  # noqa: E402
 from dgmrec_core.trainer import fit  # noqa: E402
 from provenance import code_commit  # noqa: E402
 from recommend import MODELS  # noqa: E402
@@ -37,12 +36,6 @@ VARIANTS = ("dgmrec", "dgmrec-light-chain", "dgmrec-generator-chain", "dgmrec-af
             "dgmrec-paper", "no-generation")
 BASE = DGMRecConfig(batch_size=128, knn_k=5, gen_refit_steps=0)  # tests/test_untrained_items.py's schedule
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def toy():
-    dataset = make_toy_dataset(missing_ratio=0.3)
-    inter, new = make_new_item_split(dataset.interactions, 0.2, seed=1)
-    return replace(dataset, interactions=inter, new_items=new)
 
 
 def summary(records: list[dict], variants, epochs) -> str:
@@ -68,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)  # the toy's validation split is tiny; its warnings say nothing here
-    dataset = toy()
+    dataset = make_new_item_toy_dataset()
     runs = [(v, e, s) for v in args.variants for e in args.epochs for s in args.seeds]
     records = []
     for variant, epochs, seed in tqdm(runs, desc="toy runs"):

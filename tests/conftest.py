@@ -51,6 +51,18 @@ def make_toy_dataset(n_users: int = 40, n_items: int = 60, dims: tuple[int, ...]
     return Dataset(inter, modalities, name="toy")
 
 
+def make_new_item_toy_dataset():
+    """The toy catalog with 30% of items missing a modality and a seeded 20% of its items new (their
+    training and validation interactions moved to test): users' choices follow what the features show."""
+    from dataclasses import replace
+
+    from dgmrec_core.masking import make_new_item_split
+
+    dataset = make_toy_dataset(missing_ratio=0.3)
+    inter, new = make_new_item_split(dataset.interactions, 0.2, seed=1)
+    return replace(dataset, interactions=inter, new_items=new)
+
+
 def write_toy_files(folder, dataset) -> None:
     """``dataset`` as files a user would give: inter.csv (user_id, item_id, timestamp; items named i000..,
     in sorted-id order) and one <modality>.npy of features per modality."""

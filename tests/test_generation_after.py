@@ -13,6 +13,8 @@ import pytest
 import torch
 from test_generation_contrastive import CONFIG, _hidden_ranks, linear_dataset
 
+from dgmrec_core import config as config_module
+from dgmrec_core.checkpoint import load_model, read_checkpoint, save_checkpoint
 from dgmrec_core.config import DGMRecConfig, with_predated
 from dgmrec_core.errors import DataError
 from dgmrec_core.generation_eval import hit_at_k
@@ -72,8 +74,6 @@ def test_no_refit_leaves_the_papers_generator() -> None:
 
 
 def test_a_checkpoint_from_before_the_option_was_trained_joint(monkeypatch) -> None:
-    from dgmrec_core import config as config_module
-
     saved = DGMRecConfig().to_dict()
     del saved["gen_training"]
     assert DGMRecConfig.from_saved(saved).gen_training == "joint"
@@ -91,12 +91,8 @@ def test_unknown_schedule_is_refused() -> None:
         DGMRecConfig(gen_training="later")
 
 
-
 def test_loading_a_checkpoint_that_predates_the_option_keeps_its_joint_generator(tmp_path, monkeypatch) -> None:
     """A joint-trained model without a refit: read as 'after' it would switch to the paper's generator."""
-    from dgmrec_core import config as config_module
-    from dgmrec_core.checkpoint import load_model, read_checkpoint, save_checkpoint
-
     dataset, _ = linear_dataset(seed=2)
     config = replace(CONFIG, epochs=2, gen_refit_steps=0, gen_training="joint")
     result = fit(dataset, config, checkpoint=tmp_path / "model.pt", progress=False)

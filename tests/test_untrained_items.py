@@ -5,23 +5,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conftest import make_toy_dataset
+from conftest import make_new_item_toy_dataset, make_toy_dataset
 from dgmrec_core.config import DGMRecConfig
-from dgmrec_core.masking import make_new_item_split
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 
 FAST = DGMRecConfig(epochs=8, eval_every=8, batch_size=128, knn_k=5, gen_refit_steps=0, seed=0)
 
 
-def _new_item_toy():
-    dataset = make_toy_dataset(missing_ratio=0.3)
-    inter, new = make_new_item_split(dataset.interactions, 0.2, seed=1)
-    return replace(dataset, interactions=inter, new_items=new)
-
-
 def test_untrained_rows_become_the_weighted_mean_of_trained_neighbours():
-    dataset = _new_item_toy()
+    dataset = make_new_item_toy_dataset()
     model = DGMRec(FAST, dataset.interactions.n_users, dataset.interactions.n_items,
                    [m.dim for m in dataset.modalities], [m.name for m in dataset.modalities])
     model.attach(dataset)
@@ -44,7 +37,7 @@ def test_untrained_rows_become_the_weighted_mean_of_trained_neighbours():
 def test_new_items_are_recommended_from_content_and_the_paper_option_keeps_the_random_ids():
     """Users like one of two item clusters that the features reveal: with the default, the unseen items
     of a user's cluster rank high; the paper's rule leaves them at random (near chance)."""
-    dataset = _new_item_toy()
+    dataset = make_new_item_toy_dataset()
     recall = {}
     for option in ("content-neighbours", "paper"):
         result = fit(dataset, replace(FAST, untrained_items=option), progress=False)
