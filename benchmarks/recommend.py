@@ -73,6 +73,13 @@ LIGHTGCN_NEW_ITEMS = ("LightGCN has no content features, so it cannot score unse
                       "are those of the same evaluator on item ID embeddings that never had a training "
                       "interaction (left at their random initialisation: never drawn as negatives either)")
 KEY = ("dataset", "setting", "model", "seed")
+# issue 11's table: every model in every (record dataset, record setting), 3 seeds each; with the command's
+# --dataset and --setting that make each cell
+GRID_MODELS = ("lightgcn", "dgmrec", "dgmrec-paper", "no-generation")
+GRID_CELLS = {("ml100k", "full"): ("ml100k", "full"), ("ml100k", "new-items"): ("ml100k", "new-item"),
+              ("ml100k-sparse", "full"): ("ml100k", "sparse"), ("sample-shop", "full"): ("sample-shop", "full"),
+              ("sample-shop", "new-items"): ("sample-shop", "new-item")}
+GRID_SEEDS = (0, 1, 2)
 
 
 def load_base(data: Path, dataset: str, missing_ratio: str | None, new_items: bool) -> Dataset:
@@ -130,6 +137,34 @@ def read_records(path: Path) -> list[dict]:
     if not isinstance(records, list):
         raise SystemExit(f"{path}: expected a list of run records (older result files have another layout)")
     return records
+
+
+def owed_runs(records: list[dict]) -> list[tuple[str, float | None]]:
+    """The runs issue 11's table still lacks: (command, an estimate of its wall minutes), in the order of
+    GRID_CELLS, GRID_MODELS and GRID_SEEDS. The estimate is the median wall time of the cell's recorded seeds,
+    else of the setting's recorded DGMRec variants (any model but LightGCN), else None."""
+    owed = []
+    for (dataset, setting), (flag_dataset, flag_setting) in GRID_CELLS.items():
+        here = [r for r in records if (r["dataset"], r["setting"]) == (dataset, setting)]
+        variants = [r["wall_s"] / 60 for r in here if r["model"] != "lightgcn" and r.get("wall_s")]
+        for model in GRID_MODELS:
+            done = {r["seed"]: r.get("wall_s") for r in here if r["model"] == model}
+            walls = [w / 60 for w in done.values() if w] or variants
+            minutes = statistics.median(walls) if walls else None
+            for seed in GRID_SEEDS:
+                if seed not in done:
+                    owed.append((f"python benchmarks/recommend.py --dataset {flag_dataset} --setting {flag_setting} "
+                                 f"--models {model} --seeds {seed} --threads 1 --out part.json", minutes))
+    return owed
+
+
+def print_owed(records: list[dict]) -> None:
+    owed = owed_runs(records)
+    known = [m for _, m in owed if m is not None]
+    for command, minutes in owed:
+        print(f"{command}   # {'time unknown' if minutes is None else f'about {minutes:.0f} min'}")
+    print(f"{len(owed)} runs owed; {len(known)} of them estimated at {sum(known) / 60:.1f} hours in all (wall time "
+          "of the recorded runs, one thread each, on a shared machine)")
 
 
 def fmt(values: list[float]) -> str:
@@ -212,8 +247,14 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="add the records of these result files (e.g. from parallel processes) to --out, "
                              "write the summary and plot; trains nothing")
+    parser.add_argument("--owed", action="store_true",
+                        help="list the runs --out still lacks for issue 11's table (lightgcn, dgmrec, "
+                             "dgmrec-paper, no-generation; 3 seeds in every dataset and setting); trains nothing")
     args = parser.parse_args()
     records = read_records(args.out)
+    if args.owed:
+        print_owed(records)
+        return
     if args.merge:
         for path in args.merge:
             records = merge_records(records, read_records(path))

@@ -52,3 +52,26 @@ def test_settings_on_the_real_data(shared_data, setting) -> None:
         assert not np.isin(inter.train[:, 1], dataset.new_items).any() and len(dataset.new_items) > 300
     if setting == "sparse":
         assert 0.19 < len(inter.train) / 79_619 < 0.22 and len(np.unique(inter.train[:, 0])) == 943
+
+
+def test_owed_runs_lists_exactly_the_missing_cells_of_the_table() -> None:
+    done = [{**record(m, s, 0.1, setting), "dataset": d, "wall_s": 600.0 * (s + 1)}
+            for (d, setting) in recommend.GRID_CELLS for m in recommend.GRID_MODELS for s in recommend.GRID_SEEDS]
+    assert recommend.owed_runs(done) == []
+    gone = [("ml100k-sparse", "full", "no-generation", 1), ("sample-shop", "new-items", "dgmrec-paper", 0)]
+    partial = [r for r in done if (r["dataset"], r["setting"], r["model"], r["seed"]) not in gone]
+    partial.append({**record("dgmrec-light-chain", 0, 0.1), "wall_s": 60.0})  # outside the table: ignored
+    owed = recommend.owed_runs(partial)
+    assert [c for c, _ in owed] == [
+        "python benchmarks/recommend.py --dataset ml100k --setting sparse --models no-generation --seeds 1 "
+        "--threads 1 --out part.json",
+        "python benchmarks/recommend.py --dataset sample-shop --setting new-item --models dgmrec-paper --seeds 0 "
+        "--threads 1 --out part.json"]
+    assert [m for _, m in owed] == [20.0, 25.0]  # the median of the cell's recorded seeds (10, 30 / 20, 30 min)
+    # a cell with no recorded seed: the setting's DGMRec variants, else unknown
+    lone = [{**record("dgmrec", 0, 0.1), "wall_s": 1200.0}, {**record("lightgcn", 0, 0.1), "wall_s": 60.0}]
+    estimates = dict(recommend.owed_runs(lone))
+    assert estimates["python benchmarks/recommend.py --dataset ml100k --setting full --models no-generation "
+                     "--seeds 0 --threads 1 --out part.json"] == 20.0
+    assert estimates["python benchmarks/recommend.py --dataset sample-shop --setting full --models lightgcn "
+                     "--seeds 0 --threads 1 --out part.json"] is None
