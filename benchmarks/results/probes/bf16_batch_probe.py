@@ -1,5 +1,9 @@
+"""Probe (RESULTS section 2a, bfloat16): CPU s per training batch in float32, with --bf16-logits, and under
+torch.autocast bfloat16 (needs autocast_sparse_fp32.patch applied). Usage: python bf16_batch_probe.py ml100k|baby"""
 import sys, time, numpy as np, torch
-sys.path.insert(0, "/work/main"); sys.path.insert(0, "/work/main/benchmarks")
+from pathlib import Path
+ROOT = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(ROOT)); sys.path.insert(0, str(ROOT / "benchmarks"))
 from dataclasses import replace
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.mmrec import load_mmrec
@@ -9,7 +13,7 @@ import train_speed as ts
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 1)
 scen = sys.argv[1]
 if scen == "ml100k":
-    ds = load_mmrec("/work/shared/data/movielens100k-posters/mmrec"); mode = "paper-exact"
+    ds = load_mmrec(ROOT.parent / "shared/data/movielens100k-posters/mmrec"); mode = "paper-exact"
 else:
     ds = ts.synthetic(ts.SHAPES["baby"], seed=0); mode = "batch-local"
 def run(variant, nb=8):
