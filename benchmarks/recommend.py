@@ -5,6 +5,8 @@
     python benchmarks/recommend.py --setting sparse --seeds 0 1 2 --threads 1
     python benchmarks/recommend.py --dataset sample-shop --setting full --seeds 0 1 2 --threads 1   # after make demo
     python benchmarks/recommend.py --merge part1.json part2.json   # one file from runs made apart
+    python benchmarks/recommend.py --owed   # the runs the results still lack for issue 11's table
+    ... --checkpoints runs/recommend   # resumable: a run cut short continues where it last validated
 
 Every model trains under the one stopping rule of the config defaults (the paper's reference code:
 validate every 3 epochs, stop after 26 validations without improvement, at most 500 epochs); test
@@ -40,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
+from dgmrec_core.errors import DataError  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.trainer import TrainResult, fit  # noqa: E402
@@ -106,6 +109,16 @@ def load_setting(data: Path, dataset_name: str, setting: str, missing_ratio: str
     return replace(dataset, interactions=sparse), f"{dataset.name}-sparse"
 
 
+def checkpoint_path(folder: Path, name: str, setting: str, model: str, seed: int, epochs: int | None,
+                    missing_ratio: str | None, sparse_seed: int) -> Path:
+    """Where one run of ``--checkpoints`` saves and resumes: a file per run and every option that sets it."""
+    parts = [name, setting, model, f"seed{seed}"]
+    parts += [f"epochs{epochs}"] if epochs is not None else []
+    parts += [f"missing{missing_ratio or 'none'}"] if missing_ratio != "0.666" else []
+    parts += [f"sparse{sparse_seed}"] if name.endswith("-sparse") and sparse_seed else []
+    return folder / ("-".join(parts) + ".pt")
+
+
 def make_record(result: TrainResult, dataset: str, setting: str, model: str, seed: int, wall_s: float,
                 dropped_unseen: int = 0) -> dict:
     """One run as a JSON-ready record; its headline metrics are the new-item ones in that setting."""
@@ -142,13 +155,15 @@ def read_records(path: Path) -> list[dict]:
 def owed_runs(records: list[dict]) -> list[tuple[str, float | None]]:
     """The runs issue 11's table still lacks: (command, an estimate of its wall minutes), in the order of
     GRID_CELLS, GRID_MODELS and GRID_SEEDS. The estimate is the median wall time of the cell's recorded seeds,
-    else of the setting's recorded DGMRec variants (any model but LightGCN), else None."""
+    else of the setting's recorded DGMRec variants (any model but LightGCN), else None; runs resumed from a
+    checkpoint (their wall time covers only their last part) are left out of it."""
     owed = []
     for (dataset, setting), (flag_dataset, flag_setting) in GRID_CELLS.items():
         here = [r for r in records if (r["dataset"], r["setting"]) == (dataset, setting)]
-        variants = [r["wall_s"] / 60 for r in here if r["model"] != "lightgcn" and r.get("wall_s")]
+        variants = [r["wall_s"] / 60 for r in here
+                    if r["model"] != "lightgcn" and r.get("wall_s") and not r.get("resumed")]
         for model in GRID_MODELS:
-            done = {r["seed"]: r.get("wall_s") for r in here if r["model"] == model}
+            done = {r["seed"]: None if r.get("resumed") else r.get("wall_s") for r in here if r["model"] == model}
             walls = [w / 60 for w in done.values() if w] or variants
             minutes = statistics.median(walls) if walls else None
             for seed in GRID_SEEDS:
@@ -247,6 +262,11 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="add the records of these result files (e.g. from parallel processes) to --out, "
                              "write the summary and plot; trains nothing")
+    parser.add_argument("--checkpoints", type=Path,
+                        help="folder of one checkpoint per run (saved at every validation); a run whose checkpoint "
+                             "is there resumes from it, so a run cut short loses at most 3 epochs and the same "
+                             "command finishes it (a finished run's checkpoint gives its record again without "
+                             "training). Each holds the model: ML-100K about 30 MB")
     parser.add_argument("--owed", action="store_true",
                         help="list the runs --out still lacks for issue 11's table (lightgcn, dgmrec, "
                              "dgmrec-paper, no-generation; 3 seeds in every dataset and setting); trains nothing")
@@ -277,10 +297,24 @@ def main() -> None:
     for seed in args.seeds:
         for model in args.models:
             t0 = time.perf_counter()
-            result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False)
+            ckpt = None
+            if args.checkpoints is not None:
+                args.checkpoints.mkdir(parents=True, exist_ok=True)
+                ckpt = checkpoint_path(args.checkpoints, name, setting, model, seed, args.epochs, ratio,
+                                       args.sparse_seed)
+            resumed = ckpt is not None and ckpt.exists()
+            if resumed:
+                print(f"{model:>20} seed {seed}: resuming from {ckpt}", flush=True)
+            try:
+                result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False, checkpoint=ckpt,
+                             resume=resumed)
+            except DataError as exc:
+                raise SystemExit(str(exc)) from None
             record = make_record(result, name, setting, model, seed, time.perf_counter() - t0,
                                  inter.dropped_unseen)
             record["commit"] = commit
+            if resumed:
+                record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])
             print(f"{model:>20} seed {seed}: recall@20 {record['recall@20']:.4f} ndcg@20 {record['ndcg@20']:.4f} "
                   f"best epoch {result.best_epoch}/{len(result.history)} {record['sec_per_epoch']:.2f} s/epoch",

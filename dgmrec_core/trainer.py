@@ -354,7 +354,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         run.resume()
     run.sampler = NegativeSampler(inter.train, inter.n_items, run.rng)
     for epoch in range(run.state.start, config.epochs):
-        run.epoch(epoch)
-        if run.state.stale >= config.patience:
+        if run.state.stale >= config.patience:  # checked first: a resumed run that had stopped stays stopped
             break
+        run.epoch(epoch)
     return run.finish()

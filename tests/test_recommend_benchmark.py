@@ -75,3 +75,33 @@ def test_owed_runs_lists_exactly_the_missing_cells_of_the_table() -> None:
                      "--seeds 0 --threads 1 --out part.json"] == 20.0
     assert estimates["python benchmarks/recommend.py --dataset sample-shop --setting full --models lightgcn "
                      "--seeds 0 --threads 1 --out part.json"] is None
+
+
+def test_checkpoints_resume_a_run_and_give_a_finished_one_again(tmp_path, monkeypatch) -> None:
+    """--checkpoints: a run saves as it validates; run again, it resumes and a finished run gives its record
+    again without training (the first epochs of a cut run are not lost)."""
+    from conftest import make_toy_dataset
+
+    monkeypatch.setattr(recommend, "load_setting", lambda *args: (make_toy_dataset(), "toy"))
+    out, folder = tmp_path / "r.json", tmp_path / "ckpt"
+    argv = ["recommend.py", "--models", "no-generation", "--seeds", "0", "--epochs", "4", "--threads", "1",
+            "--checkpoints", str(folder), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    recommend.main()
+    first = recommend.read_records(out)[0]
+    path = recommend.checkpoint_path(folder, "toy", "full", "no-generation", 0, 4, "0.666", 0)
+    assert path.exists() and [p.name for p in folder.iterdir()] == ["toy-full-no-generation-seed0-epochs4.pt"]
+    assert "resumed" not in first
+    recommend.main()
+    again = recommend.read_records(out)[0]
+    assert again["resumed"] is True
+    assert again["epochs_run"] == first["epochs_run"] == 4 and again["curve"] == first["curve"]
+    assert again["recall@20"] == pytest.approx(first["recall@20"])
+
+
+def test_checkpoint_names_hold_every_option_that_sets_the_run(tmp_path) -> None:
+    name = recommend.checkpoint_path
+    assert name(tmp_path, "ml100k", "full", "dgmrec", 2, None, "0.666", 0).name == "ml100k-full-dgmrec-seed2.pt"
+    assert name(tmp_path, "ml100k-sparse", "full", "lightgcn", 0, 60, None, 3).name == \
+        "ml100k-sparse-full-lightgcn-seed0-epochs60-missingnone-sparse3.pt"
+    assert name(tmp_path, "ml100k", "full", "dgmrec", 0, None, "0.666", 3).name == "ml100k-full-dgmrec-seed0.pt"

@@ -61,6 +61,17 @@ def test_old_rule_stopped_inside_the_dip(monkeypatch) -> None:
     assert result.best_epoch == 24 and len(result.history) == 44
 
 
+def test_a_resumed_run_that_had_stopped_trains_no_further(monkeypatch, tmp_path) -> None:
+    """Resuming the checkpoint of a run the rule stopped gives that run's result: no extra epoch, the
+    same best epoch (benchmarks/recommend.py --checkpoints resumes every run it is given again)."""
+    old = replace(LIGHTGCN, eval_every=1, patience=20, epochs=300)
+    scripted_validation(monkeypatch, 1)
+    first = fit(make_toy_dataset(), old, progress=False, checkpoint=tmp_path / "m.pt")
+    scripted_validation(monkeypatch, 1)
+    again = fit(make_toy_dataset(), old, progress=False, checkpoint=tmp_path / "m.pt", resume=True)
+    assert len(first.history) == len(again.history) == 44 and again.best_epoch == first.best_epoch == 24
+
+
 def test_last_epoch_is_validated() -> None:
     result = fit(make_toy_dataset(), replace(LIGHTGCN, epochs=4), progress=False)
     assert [h["epoch"] for h in result.history if "valid" in h] == [3, 4]
