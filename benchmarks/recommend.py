@@ -266,7 +266,7 @@ def main() -> None:
                         help="folder of one checkpoint per run (saved at every validation); a run whose checkpoint "
                              "is there resumes from it, so a run cut short loses at most 3 epochs and the same "
                              "command finishes it (a finished run's checkpoint gives its record again without "
-                             "training). Each holds the model: ML-100K about 30 MB")
+                             "training). Each holds the model: ML-100K about 47 MB")
     parser.add_argument("--owed", action="store_true",
                         help="list the runs --out still lacks for issue 11's table (lightgcn, dgmrec, "
                              "dgmrec-paper, no-generation; 3 seeds in every dataset and setting); trains nothing")
