@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import time
@@ -271,6 +272,7 @@ def main() -> None:
                         help="list the runs --out still lacks for issue 11's table (lightgcn, dgmrec, "
                              "dgmrec-paper, no-generation; 3 seeds in every dataset and setting); trains nothing")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # a line per validation
     records = read_records(args.out)
     if args.owed:
         print_owed(records)

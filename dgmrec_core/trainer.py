@@ -220,10 +220,14 @@ class TrainingRun:
         if validate:
             self._validate(epoch, record)
         self.state.history.append(record)
+        valid = record.get("valid", {}).get(SELECT)
         if self.progress:
-            valid = record.get("valid", {}).get(SELECT)
             tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
                        f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
+        elif valid is not None and self.ctx.is_main:  # without a progress bar, a log line per validation
+            log.info("epoch %d: valid %s %.4f (best %.4f at epoch %d, %d of %d validations without a better one)",
+                     epoch + 1, SELECT, valid, self.state.best_score, self.state.best_epoch, self.state.stale,
+                     self.config.patience)
         if self.checkpoint is not None and validate and self.ctx.is_main:
             self._save(epoch)
 

@@ -72,6 +72,17 @@ def test_a_resumed_run_that_had_stopped_trains_no_further(monkeypatch, tmp_path)
     assert len(first.history) == len(again.history) == 44 and again.best_epoch == first.best_epoch == 24
 
 
+def test_without_a_progress_bar_every_validation_is_logged(monkeypatch, caplog) -> None:
+    scripted_validation(monkeypatch, 1)
+    with caplog.at_level("INFO", logger="dgmrec.train"):
+        result = fit(make_toy_dataset(), replace(LIGHTGCN, eval_every=1, patience=20, epochs=30), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dgmrec.train"]
+    assert len(lines) == len(result.history) == 30
+    assert lines[23] == ("epoch 24: valid recall@20 0.1200 (best 0.1200 at epoch 24, 0 of 20 validations without a "
+                         "better one)")
+    assert lines[29].startswith("epoch 30: valid recall@20 0.1140 (best 0.1200 at epoch 24, 6 of 20")
+
+
 def test_last_epoch_is_validated() -> None:
     result = fit(make_toy_dataset(), replace(LIGHTGCN, epochs=4), progress=False)
     assert [h["epoch"] for h in result.history if "valid" in h] == [3, 4]
