@@ -77,6 +77,7 @@ LIGHTGCN_NEW_ITEMS = ("LightGCN has no content features, so it cannot score unse
                       "are those of the same evaluator on item ID embeddings that never had a training "
                       "interaction (left at their random initialisation: never drawn as negatives either)")
 KEY = ("dataset", "setting", "model", "seed")
+MISSING_RATIO = "0.666"  # the paper's mask, as shipped (missing_items_0.666.npy): --missing-ratio's default
 # issue 11's table: every model in every (record dataset, record setting), 3 seeds each; with the command's
 # --dataset and --setting that make each cell
 GRID_MODELS = ("lightgcn", "dgmrec", "dgmrec-paper", "no-generation")
@@ -115,7 +116,7 @@ def checkpoint_path(folder: Path, name: str, setting: str, model: str, seed: int
     """Where one run of ``--checkpoints`` saves and resumes: a file per run and every option that sets it."""
     parts = [name, setting, model, f"seed{seed}"]
     parts += [f"epochs{epochs}"] if epochs is not None else []
-    parts += [f"missing{missing_ratio or 'none'}"] if missing_ratio != "0.666" else []
+    parts += [f"missing{missing_ratio or 'none'}"] if missing_ratio != MISSING_RATIO else []
     parts += [f"sparse{sparse_seed}"] if name.endswith("-sparse") and sparse_seed else []
     return folder / ("-".join(parts) + ".pt")
 
@@ -254,7 +255,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="epoch cap (default: the config's, the shared stopping rule; "
                                                    "smoke runs only)")
     parser.add_argument("--models", nargs="+", default=["lightgcn", "dgmrec", "no-generation"], choices=sorted(MODELS))
-    parser.add_argument("--missing-ratio", default="0.666",
+    parser.add_argument("--missing-ratio", default=MISSING_RATIO,
                         help="mask file missing_items_<ratio>.npy; 'none': every modality observed (what the "
                              "modality branch can add at best)")
     parser.add_argument("--sparse-seed", type=int, default=0, help="seed of the sparse setting's subsample")
@@ -296,12 +297,13 @@ def main() -> None:
         print(f"note: {LIGHTGCN_NEW_ITEMS}.", flush=True)
     commit = code_commit()  # the code the runs use, in every record
     base = DGMRecConfig() if args.epochs is None else replace(DGMRecConfig(), epochs=args.epochs)
+    if args.checkpoints is not None:
+        args.checkpoints.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for model in args.models:
             t0 = time.perf_counter()
             ckpt = None
             if args.checkpoints is not None:
-                args.checkpoints.mkdir(parents=True, exist_ok=True)
                 ckpt = checkpoint_path(args.checkpoints, name, setting, model, seed, args.epochs, ratio,
                                        args.sparse_seed)
             resumed = ckpt is not None and ckpt.exists()
