@@ -15,7 +15,7 @@ def faiss_knn(features: torch.Tensor, k: int, *, nprobe: int = 32, seed: int = 0
     features, fill one huge list that would otherwise be scanned whole by every query near it. Memory
     stays O(n d), never O(n^2).
     """
-    x = features.detach().float().numpy()
+    x = features.detach().float().cpu().numpy()  # FAISS searches on the CPU here; results go back to the rows' device
     n = len(x)
     k = min(k, n)
     index = VectorIndex.build(x, kind="auto", nprobe=nprobe, seed=seed)
@@ -27,4 +27,4 @@ def faiss_knn(features: torch.Tensor, k: int, *, nprobe: int = 32, seed: int = 0
     missing = idx < 0  # fewer than k found: point at self with zero weight
     idx[missing] = torch.arange(n)[:, None].expand(-1, k)[missing]
     sims[missing] = 0.0
-    return idx, sims
+    return idx.to(features.device), sims.to(features.device)

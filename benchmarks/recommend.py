@@ -260,6 +260,8 @@ def main() -> None:
                              "modality branch can add at best)")
     parser.add_argument("--sparse-seed", type=int, default=0, help="seed of the sparse setting's subsample")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where every run trains; "
+                                                        "recorded with each run")
     parser.add_argument("--out", type=Path, default=RESULTS / "recommend.json")
     parser.add_argument("--merge", type=Path, nargs="+",
                         help="add the records of these result files (e.g. from parallel processes) to --out, "
@@ -311,12 +313,13 @@ def main() -> None:
                 print(f"{model:>20} seed {seed}: resuming from {ckpt}", flush=True)
             try:
                 result = fit(dataset, replace(base, seed=seed, **MODELS[model]), progress=False, checkpoint=ckpt,
-                             resume=resumed)
+                             resume=resumed, device=args.device)
             except DataError as exc:
                 raise SystemExit(str(exc)) from None
             record = make_record(result, name, setting, model, seed, time.perf_counter() - t0,
                                  inter.dropped_unseen)
             record["commit"] = commit
+            record["device"] = args.device  # records without it ran on the CPU
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])

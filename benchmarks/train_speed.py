@@ -114,18 +114,22 @@ def synthetic(shape: Shape, seed: int = 0) -> Dataset:
     return Dataset(inter, modalities, name="synthetic")
 
 
-def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: int | None, knn_fn) -> dict:
-    """Train ``epochs`` epochs (no validation) timing each part: the whole-catalog work before and after the
-    batches and every batch, in wall and CPU seconds. With ``max_batches``, an epoch times only that many
-    batches and its length is estimated as that work plus all its batches at the median batch time."""
+def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: int | None, knn_fn,
+            device: str = "cpu") -> dict:
+    """Train ``epochs`` epochs (no validation) on ``device`` timing each part: the whole-catalog work before
+    and after the batches and every batch, in wall and CPU seconds (on a GPU the clock is read after its
+    queued work ends). With ``max_batches``, an epoch times only that many batches and its length is
+    estimated as that work plus all its batches at the median batch time."""
     from dgmrec_core import distributed
     from dgmrec_core.trainer import NegativeSampler, TrainingRun
 
     inter = dataset.interactions
+    ctx = distributed.init(device)
+    sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
     wall, cpu = time.perf_counter(), time.process_time()
     # what `dgmrec train` holds: the model on the data's own feature arrays, the compact best-so-far state
-    run = TrainingRun(dataset, config, distributed.init("cpu"), knn_fn, None, checkpoint=None, progress=False,
-                      take_features=True)
+    run = TrainingRun(dataset, config, ctx, knn_fn, None, checkpoint=None, progress=False, take_features=True)
+    sync()
     graphs = (time.perf_counter() - wall, time.process_time() - cpu)
     model, opt, club_opt = run.model, run.opt, run.club_opt
     rng = np.random.default_rng(config.seed)
@@ -142,14 +146,16 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
             rows = order[b * config.batch_size:(b + 1) * config.batch_size]
             users = inter.train[rows, 0]
             t_wall, t_cpu = time.perf_counter(), time.process_time()
-            loss, _ = model.loss(torch.as_tensor(users), torch.as_tensor(inter.train[rows, 1]),
-                                 torch.as_tensor(sampler.sample(users)))
+            batch = (users, inter.train[rows, 1], sampler.sample(users))
+            loss, _ = model.loss(*(torch.as_tensor(t).to(ctx.device) for t in batch))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sync()
             batch_wall.append(time.perf_counter() - t_wall)
             batch_cpu.append(time.process_time() - t_cpu)
         model.end_epoch()
+        sync()
         untimed = n_batches - timed  # estimated at the median batch
         epoch_wall.append(time.perf_counter() - wall + untimed * statistics.median(batch_wall))
         epoch_cpu.append(time.process_time() - cpu + untimed * statistics.median(batch_cpu))
@@ -158,7 +164,9 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
             "cpu_s_per_epoch": statistics.median(epoch_cpu[steady]),
             "epochs_timed": epochs, "batches_per_epoch": n_batches, "batches_timed": timed,
             "estimated": timed < n_batches, "batch_s": statistics.median(batch_wall),
-            "batch_cpu_s": statistics.median(batch_cpu), "graphs_s": graphs[0], "recall@20": None}
+            "batch_cpu_s": statistics.median(batch_cpu), "graphs_s": graphs[0], "recall@20": None,
+            "device": str(ctx.device),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else None}
 
 
 def run_child(args: argparse.Namespace) -> dict:
@@ -179,11 +187,11 @@ def run_child(args: argparse.Namespace) -> dict:
         dataset = synthetic(SHAPES[args.child], seed=args.seed)
     data_s = time.perf_counter() - t0
     if args.child in ("ml100k", "sample-shop", "baby"):
-        out = measure(dataset, config, args.epochs, None, chunked_cosine_knn)
+        out = measure(dataset, config, args.epochs, None, chunked_cosine_knn, args.device)
     else:
         from benchmarks.knn import faiss_knn
 
-        out = measure(dataset, config, 1, args.batches, faiss_knn)
+        out = measure(dataset, config, 1, args.batches, faiss_knn, args.device)
     return {**out, "data_s": data_s, "train_interactions": int(len(dataset.interactions.train))}
 
 
@@ -195,13 +203,14 @@ def run_all(args: argparse.Namespace) -> list[dict]:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
                    "--epochs", str(args.epochs), "--batches", str(args.batches), "--threads", str(threads),
-                   "--seed", str(args.seed)]
+                   "--seed", str(args.seed), "--device", args.device]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 log.error("%s %s failed:\n%s", name, mode, proc.stderr[-2000:])
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
-            reference = REFERENCE_S_PER_EPOCH.get(name, {}).get(threads)
+            # the reference code was timed on this project's CPU: no ratio against a GPU run
+            reference = REFERENCE_S_PER_EPOCH.get(name, {}).get(threads) if args.device == "cpu" else None
             record = {"kind": "training", "benchmark": "benchmarks/train_speed.py", "dataset": name, "mode": mode,
                       "threads": threads, "processes": 1,
                       "seed": args.seed, **result, "reference_s_per_epoch": reference,
@@ -217,8 +226,9 @@ def table(records: list[dict]) -> str:
         ref = r.get("reference_s_per_epoch")
         versus = f"{r['sec_per_epoch'] / ref:.2f} of {ref:.2f} s" if ref else "-"
         est = " (est.)" if r.get("estimated") else ""
-        lines.append(f"| {r['dataset']} | {r['mode']} | {r['sec_per_epoch']:.2f}{est} | {r['cpu_s_per_epoch']:.2f} | "
-                     f"{versus} | {r['peak_rss_mb']:.0f} |")
+        on_gpu = f" on {r['device']}, peak GPU {r['peak_gpu_mb']:.0f} MB" if r.get("peak_gpu_mb") is not None else ""
+        lines.append(f"| {r['dataset']} | {r['mode']}{on_gpu} | {r['sec_per_epoch']:.2f}{est} | "
+                     f"{r['cpu_s_per_epoch']:.2f} | {versus} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -233,6 +243,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5, help="batches timed on the generated catalogs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the model trains; "
+                                                        "FAISS kNN graphs are built on the CPU either way")
     parser.add_argument("--no-save", action="store_true", help="print only; do not merge into scale.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="paper-exact", help=argparse.SUPPRESS)
