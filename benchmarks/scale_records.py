@@ -10,13 +10,14 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 # Fields that identify a record of each kind; a new record with the same values replaces the old one.
-KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed"),
+KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed", "device"),
         "index": ("dataset", "index", "threads")}
+DEFAULTS = {"device": "cpu"}  # records from before a field existed: what they measured
 
 
 def _key(record: dict[str, Any]) -> tuple:
     kind = record["kind"]
-    return (kind, *(record.get(k) for k in KEYS[kind]))
+    return (kind, *(record.get(k, DEFAULTS.get(k)) for k in KEYS[kind]))
 
 
 def merge_records(records: list[dict[str, Any]], path: Path = RESULTS) -> list[dict[str, Any]]:
