@@ -8,6 +8,8 @@
 #      --device cuda), to set against the CPU runs of the same seed.
 # Usage: bash benchmarks/gpu_check.sh [MMREC_FOLDER] [OUT_FOLDER]   (each step has its own time limit; the
 # whole pass stays under 9 minutes: the full-rule run is stopped at 520 s). Writes OUT_FOLDER/{log.txt,scale.json,recommend_gpu.json}.
+# Through the device tool the copy's .git may be older than the tree sent: its records then carry that
+# commit with '+dirty' (benchmarks/provenance.py), so note the commit sent beside the results.
 set -u
 DATA=${1:-../shared/data/movielens100k-posters/mmrec}
 OUT=${2:-${OUT:-gpu_check_out}}
