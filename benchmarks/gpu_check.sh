@@ -39,7 +39,7 @@ timeout $((520 - (SECONDS - start))) $PY benchmarks/recommend.py --device cuda -
 full_rule=$!
 
 step "data-parallel launch on the GPU (torchrun, nccl, 1 process)"
-timeout 45 $PY -m torch.distributed.run --nproc_per_node 1 -m ui.cli train --mmrec "$DATA" --epochs 6 --eval-every 3 --device cuda \
+timeout 45 $PY -m torch.distributed.run --nproc_per_node 1 -m ui.cli train --mmrec "$DATA" --epochs 3 --eval-every 3 --gen-refit-steps 0 --device cuda \
   --out /tmp/gpu_check_run 2>&1 | tail -n 8
 
 step "training speed on the GPU: 200,000 and 1,000,000 items (kNN graphs by FAISS on the CPU)"
