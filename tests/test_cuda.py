@@ -39,7 +39,7 @@ def test_training_on_the_gpu_trains_like_the_cpu(mode: str, tmp_path: Path) -> N
     assert first_gpu == pytest.approx(first_cpu, rel=1e-3)  # same weights, same batches: the same first epoch
     for metric in ("recall@20", "ndcg@20"):
         assert gpu.test[metric] == pytest.approx(cpu.test[metric], abs=0.05)
-    assert gpu.test["recall@20"] > 0.4  # 60 items, 20 slots: chance is about 0.39
+    assert gpu.test["recall@20"] > 0.8  # the CPU runs reach 0.95 and 0.90; 60 items, 20 slots: chance is 0.39
 
     # the GPU run's checkpoint loads on the CPU and scores the same
     loaded, _ = load_model(tmp_path / "gpu.pt")
