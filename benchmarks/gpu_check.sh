@@ -7,8 +7,9 @@
 #   3. data-parallel launch on the GPU: `torchrun ... -m ui.cli train --device cuda` (nccl), a few epochs;
 #   4. beside step 2's large catalogs, one full-rule ML-100K run on the GPU (benchmarks/recommend.py
 #      --device cuda), to set against the CPU runs of the same seed.
-# Usage: bash benchmarks/gpu_check.sh [MMREC_FOLDER] [OUT_FOLDER]   (each step has its own time limit; the
-# whole pass stays under 9 minutes: the full-rule run is stopped at 520 s). Writes OUT_FOLDER/{log.txt,scale.json,recommend_gpu.json}.
+# Usage: bash benchmarks/gpu_check.sh [MMREC_FOLDER] [OUT_FOLDER]   (each step has its own time limit and the
+# full-rule run stops at 520 s: about 9 minutes in all; give the call 600 s).
+# Writes OUT_FOLDER/{log.txt,scale.json,recommend_gpu.json}.
 # Through the device tool the copy's .git may be older than the tree sent: its records then carry that
 # commit with '+dirty' (benchmarks/provenance.py), so note the commit sent beside the results.
 set -u
