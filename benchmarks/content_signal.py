@@ -46,10 +46,10 @@ def content_scores(dataset: Dataset, users: torch.Tensor) -> torch.Tensor:
     scores = torch.zeros(len(users), inter.n_items)
     position = torch.full((inter.n_users,), -1, dtype=torch.long)
     position[users] = torch.arange(len(users))
+    mine = train[position[train[:, 0]] >= 0]  # the training pairs of these users
     for modality in dataset.modalities:
         x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(modality.values, dtype=np.float32)), dim=1)
         x[~torch.from_numpy(np.asarray(modality.observed, dtype=bool))] = 0  # missing rows carry nothing
-        mine = train[position[train[:, 0]] >= 0]
         profiles = torch.zeros(len(users), x.shape[1]).index_add_(0, position[mine[:, 0]], x[mine[:, 1]])
         scores += torch.nn.functional.normalize(profiles, dim=1) @ x.T
     return scores
