@@ -39,17 +39,26 @@ def popularity_scores(dataset: Dataset) -> torch.Tensor:
     return torch.from_numpy(np.bincount(inter.train[:, 1], minlength=inter.n_items).astype(np.float32))
 
 
-def content_scores(dataset: Dataset, users: torch.Tensor) -> torch.Tensor:
-    """Sum over modalities of the cosine between each item and the mean of the user's observed training rows."""
+def unit_rows(dataset: Dataset) -> list[torch.Tensor]:
+    """Each modality's rows scaled to unit length; rows the modality misses set to zero (they carry nothing)."""
+    rows = []
+    for modality in dataset.modalities:
+        x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(modality.values, dtype=np.float32)), dim=1)
+        x[~torch.from_numpy(np.asarray(modality.observed, dtype=bool))] = 0
+        rows.append(x)
+    return rows
+
+
+def content_scores(dataset: Dataset, rows: list[torch.Tensor], users: torch.Tensor) -> torch.Tensor:
+    """Sum over modalities (``rows``: :func:`unit_rows`) of the cosine between each item and the mean of the
+    user's observed training rows."""
     inter = dataset.interactions
     train = torch.from_numpy(inter.train)
     scores = torch.zeros(len(users), inter.n_items)
     position = torch.full((inter.n_users,), -1, dtype=torch.long)
     position[users] = torch.arange(len(users))
     mine = train[position[train[:, 0]] >= 0]  # the training pairs of these users
-    for modality in dataset.modalities:
-        x = torch.nn.functional.normalize(torch.from_numpy(np.asarray(modality.values, dtype=np.float32)), dim=1)
-        x[~torch.from_numpy(np.asarray(modality.observed, dtype=bool))] = 0  # missing rows carry nothing
+    for x in rows:
         profiles = torch.zeros(len(users), x.shape[1]).index_add_(0, position[mine[:, 0]], x[mine[:, 1]])
         scores += torch.nn.functional.normalize(profiles, dim=1) @ x.T
     return scores
@@ -58,11 +67,11 @@ def content_scores(dataset: Dataset, users: torch.Tensor) -> torch.Tensor:
 def measure(dataset: Dataset) -> dict[str, dict[str, float]]:
     """Each ranking's test figures; in the new-item setting on the new items' test pairs (ranking all items)."""
     inter = dataset.interactions
-    popular = popularity_scores(dataset)
+    popular, rows = popularity_scores(dataset), unit_rows(dataset)  # once, not per batch of users
     only = {"item_filter": dataset.new_items} if dataset.new_items is not None else {}
     out = {"popularity": evaluate_ranking(lambda u: popular.expand(len(u), -1).clone(), inter.n_items,
                                           inter.train, inter.test, ks=(20, 50), **only),
-           "content": evaluate_ranking(lambda u: content_scores(dataset, u), inter.n_items, inter.train,
+           "content": evaluate_ranking(lambda u: content_scores(dataset, rows, u), inter.n_items, inter.train,
                                        inter.test, ks=(20, 50), **only)}
     seen = np.bincount(inter.train[:, 0], minlength=inter.n_users)
     tested = np.unique(inter.test[:, 0] if dataset.new_items is None

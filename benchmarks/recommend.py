@@ -43,6 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
+from dgmrec_core.distributed import resolve_device  # noqa: E402
 from dgmrec_core.errors import DataError  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
@@ -319,7 +320,7 @@ def main() -> None:
             record = make_record(result, name, setting, model, seed, time.perf_counter() - t0,
                                  inter.dropped_unseen)
             record["commit"] = commit
-            record["device"] = args.device  # records without it ran on the CPU
+            record["device"] = str(resolve_device(args.device))  # as train_speed.py names it; absent: the CPU
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])
