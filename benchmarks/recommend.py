@@ -321,6 +321,7 @@ def main() -> None:
                                  inter.dropped_unseen)
             record["commit"] = commit
             record["device"] = str(resolve_device(args.device))  # as train_speed.py names it; absent: the CPU
+            record["stop_rising_sigmas"] = base.stop_rising_sigmas  # absent: the reference rule alone (0)
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])

@@ -1,5 +1,6 @@
 """Hyperparameters. Defaults are the paper's best Amazon Baby configuration (DESIGN.md section 2) and its
-reference code's stopping rule (validate every 3 epochs, stop after 26 validations without improvement, cap 500)."""
+reference code's stopping rule (validate every 3 epochs, stop after 26 validations without improvement, cap 500),
+with one addition: no stop while the validation curve still climbs (``stop_rising_sigmas``)."""
 from __future__ import annotations
 
 import json
@@ -48,6 +49,11 @@ class DGMRecConfig:
     patience: int = option(26, "early stopping: validations (one every eval_every epochs) without a better "
                                "validation Recall@20; the defaults are the paper's reference rule (every 3 epochs, "
                                "26 validations, cap 500), which goes on through LightGCN's transient early dip")
+    stop_rising_sigmas: float = option(3.0, "early stopping waits while the validation curve still climbs: after "
+                                            "patience validations without a better one, training goes on while "
+                                            "the least-squares slope of the last patience validations is more "
+                                            "than this many standard errors above zero (a curve climbing back "
+                                            "from an early peak); 0: the paper's reference rule alone")
     eval_every: int = option(3, "epochs between validation evaluations (the last epoch is always validated)")
     imputation: str = option("mean", "initial fill of missing feature rows: 'mean' of observed rows or 'zero'")
     generation_space: str = option("propagated", "with --generator paper, where translators and decoders learn (the"
@@ -174,7 +180,7 @@ class DGMRecConfig:
 
 # Options whose default changed after they were added, or that were added to name what an older version did:
 # their behaviour before they existed (a checkpoint without the key was trained that way).
-PREDATED: dict[str, Any] = {"gen_training": "joint"}
+PREDATED: dict[str, Any] = {"gen_training": "joint", "stop_rising_sigmas": 0.0}
 
 
 def with_predated(saved: dict[str, Any]) -> dict[str, Any]:
@@ -189,5 +195,6 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "inter_modal_temp": (0, True), "intra_modal": (0, False), "intra_modal_temp": (0, True), "align_bm": (0, False),
     "align_bm_temp": (0, True), "recon": (0, False), "reg": (0, False), "reg_id": (0, False), "sampler": (0, False),
     "club_steps": (0, False), "club_lr": (0, True), "lr": (0, True), "batch_size": (0, True), "epochs": (0, True),
-    "patience": (0, True), "eval_every": (0, True), "gen_temp": (0, True), "gen_weight": (0, False), "gen_refit_steps": (0, False),
+    "patience": (0, True), "stop_rising_sigmas": (0, False), "eval_every": (0, True), "gen_temp": (0, True),
+    "gen_weight": (0, False), "gen_refit_steps": (0, False),
 }

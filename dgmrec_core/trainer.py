@@ -22,6 +22,7 @@ from .data import Dataset, Interactions
 from .errors import DataError
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
+from .stopping import should_stop
 from .lightgcn import LightGCN, build_model
 
 log = logging.getLogger("dgmrec.train")
@@ -103,7 +104,7 @@ def sparse_validation_problem(inter: Interactions) -> str | None:
     return None
 
 
-RESUMABLE = ("epochs",)  # options a resumed run may change (e.g. to train longer)
+RESUMABLE = ("epochs", "stop_rising_sigmas")  # options a resumed run may change: when it stops, not how it trains
 
 
 def config_changes(saved: dict[str, Any], config: DGMRecConfig) -> str:
@@ -225,9 +226,10 @@ class TrainingRun:
             tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
                        f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
         elif valid is not None and self.ctx.is_main:  # without a progress bar, a log line per validation
-            log.info("epoch %d: valid %s %.4f (best %.4f at epoch %d, %d of %d validations without a better one)",
+            waiting = self.state.stale >= self.config.patience and not self.stop()
+            log.info("epoch %d: valid %s %.4f (best %.4f at epoch %d, %d of %d validations without a better one%s)",
                      epoch + 1, SELECT, valid, self.state.best_score, self.state.best_epoch, self.state.stale,
-                     self.config.patience)
+                     self.config.patience, "; still climbing: going on" if waiting else "")
         if self.checkpoint is not None and validate and self.ctx.is_main:
             self._save(epoch)
 
@@ -279,6 +281,14 @@ class TrainingRun:
             st.stale = 0
         else:
             st.stale += 1
+
+    def scores(self) -> list[float]:
+        """The validation scores so far, in order."""
+        return [h["valid"][SELECT] for h in self.state.history if SELECT in h.get("valid", {})]
+
+    def stop(self) -> bool:
+        """Whether the stopping rule ends training now (``stopping.should_stop``)."""
+        return should_stop(self.state.stale, self.config.patience, self.scores(), self.config.stop_rising_sigmas)
 
     def _save(self, epoch: int) -> None:
         st, opt, club_opt = self.state, self.opt, self.club_opt
@@ -358,7 +368,7 @@ def fit(dataset: Dataset, config: DGMRecConfig, *, checkpoint: str | Path | None
         run.resume()
     run.sampler = NegativeSampler(inter.train, inter.n_items, run.rng)
     for epoch in range(run.state.start, config.epochs):
-        if run.state.stale >= config.patience:  # checked first: a resumed run that had stopped stays stopped
+        if run.stop():  # checked first: a resumed run that had stopped stays stopped (under the same rule)
             break
         run.epoch(epoch)
     return run.finish()

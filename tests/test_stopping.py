@@ -3,6 +3,7 @@ sparse to validate on."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from conftest import make_toy_dataset
 from dgmrec_core import trainer
 from dgmrec_core.checkpoint import load_model
 from dgmrec_core.config import DGMRecConfig
+from dgmrec_core.stopping import rise_in_sigmas, should_stop
 from dgmrec_core.trainer import SparseValidationWarning, fit
 
 LIGHTGCN = replace(DGMRecConfig(), use_modalities=False, batch_size=512, embedding_size=8, seed=3)
@@ -28,21 +30,82 @@ def dip_curve(epoch: int) -> float:
     return 0.092 + 0.002 * (min(epoch, 150) - 52) - 0.0001 * max(0, epoch - 150)
 
 
-def scripted_validation(monkeypatch: pytest.MonkeyPatch, eval_every: int) -> None:
-    """Replace the evaluator: the k-th validation during training returns dip_curve(k * eval_every)."""
-    calls = {"valid": 0}
+def climb_back_curve(epoch: int) -> float:
+    """The sample shop's shape (the paper's method, seed 0): a peak at the first validation, a drop, then a climb
+    that passes the early peak only after more than 26 validations, a peak at epoch 200 and a slow decline."""
+    wiggle = 0.001 * math.sin(1.7 * epoch)
+    if epoch <= 3:
+        return 0.340
+    if epoch <= 200:
+        return 0.309 + 0.0003 * (epoch - 9) + wiggle
+    return 0.309 + 0.0003 * 191 - 0.0001 * (epoch - 200) + wiggle
+
+
+def scripted_validation(monkeypatch: pytest.MonkeyPatch, eval_every: int, curve=dip_curve, done: int = 0) -> None:
+    """Replace the evaluator: the k-th validation during training returns curve(k * eval_every) (k counted
+    from ``done``, the validations a resumed run already had)."""
+    calls = {"valid": done}
 
     def fake(model, dataset, split, *, new_items_only=False):
         if split == "valid":
             calls["valid"] += 1
-        return {"recall@20": dip_curve(calls["valid"] * eval_every), "ndcg@20": 0.0}
+        return {"recall@20": curve(calls["valid"] * eval_every), "ndcg@20": 0.0}
 
     monkeypatch.setattr(trainer, "evaluate", fake)
 
 
-def test_defaults_are_the_reference_rule() -> None:
+def test_defaults_are_the_reference_rule_with_the_trend_test() -> None:
     config = DGMRecConfig()
-    assert (config.eval_every, config.patience, config.epochs) == (3, 26, 500)
+    assert (config.eval_every, config.patience, config.epochs, config.stop_rising_sigmas) == (3, 26, 500, 3.0)
+
+
+def test_rise_in_sigmas_separates_a_climb_from_noise() -> None:
+    rng = np.random.default_rng(0)
+    noise = [0.34 + 0.003 * rng.standard_normal(26) for _ in range(200)]
+    assert max(abs(rise_in_sigmas(n)) for n in noise) < 4.5  # flat curves: |t| beyond 3 in about 1 of 200
+    assert np.mean([rise_in_sigmas(n) > 3 for n in noise]) < 0.02
+    climb = 0.31 + 0.0009 * np.arange(26) + 0.003 * rng.standard_normal(26)  # the shop's climb, same scatter
+    assert rise_in_sigmas(climb) > 5
+    assert rise_in_sigmas(climb[::-1]) < -5
+    assert rise_in_sigmas([0.1, 0.2]) == 0.0 and rise_in_sigmas([0.2, 0.2, 0.2]) == 0.0
+    assert rise_in_sigmas([0.1, 0.2, 0.3]) == math.inf
+
+
+def test_should_stop_needs_patience_and_no_climb() -> None:
+    climb = list(0.3 + 0.001 * np.arange(10))
+    assert not should_stop(9, 10, climb, 3.0)  # patience not spent
+    assert not should_stop(10, 10, climb, 3.0)  # spent, but still climbing
+    assert should_stop(10, 10, climb, 0.0)  # the reference rule alone
+    assert should_stop(10, 10, climb[::-1], 3.0)
+    assert not should_stop(10, 10, [0.5] * 30 + climb, 3.0)  # only the last `patience` scores count
+
+
+def test_reference_rule_stops_inside_the_shop_climb(monkeypatch) -> None:
+    scripted_validation(monkeypatch, 3, climb_back_curve)
+    result = fit(make_toy_dataset(), replace(LIGHTGCN, stop_rising_sigmas=0.0), progress=False)
+    assert result.best_epoch == 3 and len(result.history) == 3 + 26 * 3
+
+
+def test_default_rule_goes_on_through_the_shop_climb(monkeypatch) -> None:
+    scripted_validation(monkeypatch, 3, climb_back_curve)
+    result = fit(make_toy_dataset(), LIGHTGCN, progress=False)
+    assert 190 <= result.best_epoch <= 210  # the true peak, not the first validation
+    assert result.best_epoch + 26 * 3 <= len(result.history) < 500  # stopped by the decline, not the cap
+
+
+def test_a_run_stopped_by_the_reference_rule_resumes_under_the_trend_test(monkeypatch, tmp_path) -> None:
+    """stop_rising_sigmas may change on resume (it sets when a run stops, not how it trains): the reference
+    rule's stopped run, resumed with the default, ends as an uninterrupted default run."""
+    scripted_validation(monkeypatch, 3, climb_back_curve)
+    first = fit(make_toy_dataset(), replace(LIGHTGCN, stop_rising_sigmas=0.0), progress=False,
+                checkpoint=tmp_path / "m.pt")
+    scripted_validation(monkeypatch, 3, climb_back_curve, done=len(first.history) // 3)
+    resumed = fit(make_toy_dataset(), LIGHTGCN, progress=False, checkpoint=tmp_path / "m.pt", resume=True)
+    scripted_validation(monkeypatch, 3, climb_back_curve)
+    whole = fit(make_toy_dataset(), LIGHTGCN, progress=False)
+    assert len(first.history) == 81
+    assert (resumed.best_epoch, len(resumed.history)) == (whole.best_epoch, len(whole.history))
+    assert resumed.test == pytest.approx(whole.test)
 
 
 def test_default_rule_goes_on_through_a_dip(monkeypatch) -> None:
@@ -55,7 +118,7 @@ def test_default_rule_goes_on_through_a_dip(monkeypatch) -> None:
 
 
 def test_old_rule_stopped_inside_the_dip(monkeypatch) -> None:
-    old = replace(LIGHTGCN, eval_every=1, patience=20, epochs=300)
+    old = replace(LIGHTGCN, eval_every=1, patience=20, epochs=300)  # a falling curve: the trend test agrees
     scripted_validation(monkeypatch, 1)
     result = fit(make_toy_dataset(), old, progress=False)
     assert result.best_epoch == 24 and len(result.history) == 44

@@ -1,0 +1,100 @@
+"""Which recorded runs the stopping rule's trend test changes (issue 11; docs/DESIGN.md, "Stopping rule").
+
+Replays every run's recorded validation curve (benchmarks/results/recommend.json, or --records) under the
+reference rule (stop after 26 validations without a better Recall@20) and under the default, which also waits
+while the last 26 validations still climb (``stop_rising_sigmas``). A run the default stops where the reference
+rule did keeps its record; one the default would train on must be run again.
+
+    python benchmarks/stopping_rule.py                  # table + benchmarks/results/stopping_rule.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+from dgmrec_core.atomic import atomic_write_text  # noqa: E402
+from dgmrec_core.config import DGMRecConfig  # noqa: E402
+from dgmrec_core.stopping import rise_in_sigmas, should_stop  # noqa: E402
+from provenance import code_commit  # noqa: E402  (benchmarks/, the script's folder)
+
+RESULTS = ROOT / "benchmarks" / "results"
+log = logging.getLogger("stopping_rule")
+
+
+@dataclass
+class Replay:
+    """One recorded run replayed under both rules."""
+
+    dataset: str
+    setting: str
+    model: str
+    seed: int
+    epochs_run: int
+    reference_stop: int | None  # epoch the reference rule stops at on this curve (None: it runs to the end)
+    default_stop: int | None  # likewise under the default rule; None where the curve ends first
+    rise_at_reference_stop: float  # the trend test's statistic where the reference rule stops
+    verdict: str  # "same", "goes on: run again", or "capped" (the curve reached the epoch cap)
+
+
+def stop_epoch(curve: list[tuple[int, float]], patience: int, rising_sigmas: float) -> int | None:
+    """The epoch at which the rule stops on ``curve`` (the trainer's strict-improvement bookkeeping), or None."""
+    best, stale, scores = float("-inf"), 0, []
+    for epoch, score in curve:
+        scores.append(score)
+        if score > best:
+            best, stale = score, 0
+        else:
+            stale += 1
+        if should_stop(stale, patience, scores, rising_sigmas):
+            return epoch
+    return None
+
+
+def replay(record: dict, config: DGMRecConfig) -> Replay:
+    curve = [(int(e), float(v)) for e, v in record.get("curve") or []]
+    ref = stop_epoch(curve, config.patience, 0.0)
+    new = stop_epoch(curve, config.patience, config.stop_rising_sigmas)
+    upto = [v for e, v in curve if ref is None or e <= ref]
+    rise = rise_in_sigmas(upto[-config.patience:])
+    if ref is None:
+        verdict = "capped" if record["epochs_run"] >= config.epochs else "curve ends before either rule stops"
+    elif new == ref:
+        verdict = "same"
+    else:
+        verdict = "goes on: run again"
+    return Replay(record["dataset"], record["setting"], record["model"], int(record["seed"]), int(record["epochs_run"]),
+                  ref, new, round(rise, 2), verdict)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=Path, nargs="+", default=[RESULTS / "recommend.json"])
+    parser.add_argument("--out", type=Path, default=RESULTS / "stopping_rule.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = DGMRecConfig()
+    records = [r for path in args.records for r in json.loads(path.read_text())]
+    replays = [replay(r, config) for r in records if r.get("curve")]
+    changed = [r for r in replays if r.verdict == "goes on: run again"]
+    mismatched = [r for r in replays if r.reference_stop is not None and r.reference_stop != r.epochs_run]
+    for r in replays:
+        log.info("%-14s %-9s %-24s seed %d  ran %3d  reference stops %4s  default %4s  rise %6.2f  %s", r.dataset,
+                 r.setting, r.model, r.seed, r.epochs_run, r.reference_stop, r.default_stop,
+                 r.rise_at_reference_stop, r.verdict)
+    log.info("%d runs replayed: %d the default rule would train on; %d whose recorded length the reference rule "
+             "does not reproduce", len(replays), len(changed), len(mismatched))
+    payload = {"commit": code_commit(), "patience": config.patience,
+               "stop_rising_sigmas": config.stop_rising_sigmas, "runs": [asdict(r) for r in replays]}
+    atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
+    log.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
