@@ -1,10 +1,10 @@
 """How much preference signal the content carries, without any training: the references a sceptic tries first.
 
-    python benchmarks/content_signal.py [--data MMREC_FOLDER]
+    python benchmarks/content_signal.py [--data MMREC_FOLDER] [--dataset ml100k|sample-shop]
 
-On ML-100K in the full, sparse and new-item settings of ``benchmarks/recommend.py`` (the same splits; new
-items: figures on the new items' test pairs, all items ranked), test Recall@20 / NDCG@20 / Recall@50 of
-rankings that need no model:
+On ML-100K (or the demo's sample shop) in the full, sparse and new-item settings of
+``benchmarks/recommend.py`` (the same splits; new items: figures on the new items' test pairs, all items
+ranked), test Recall@20 / NDCG@20 / Recall@50 of rankings that need no model:
 
 - ``popularity``: items by their training interactions, the same list for every user;
 - ``content``: a user's profile is the mean of their training items' unit feature vectors, per modality;
@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recommend import MISSING_RATIO, ROOT, load_setting  # noqa: E402  (benchmarks/, the script's folder)
 
+from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
 from dgmrec_core.metrics import evaluate_ranking  # noqa: E402
 
@@ -83,11 +84,15 @@ def measure(dataset: Dataset) -> dict[str, dict[str, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/movielens100k-posters/mmrec")
+    parser.add_argument("--dataset", choices=["ml100k", "sample-shop"], default="ml100k",
+                        help="sample-shop: the demo's shop (make demo builds it), its own missing rows (no mask "
+                             "to lift, so no 'content, no mask')")
     args = parser.parse_args()
     records = []
+    ratios = (MISSING_RATIO, None) if args.dataset == "ml100k" else (MISSING_RATIO,)
     for setting in ("full", "sparse", "new-item"):
-        for ratio in (MISSING_RATIO, None):
-            dataset, name = load_setting(args.data, "ml100k", setting, ratio, 0)
+        for ratio in ratios:
+            dataset, name = load_setting(args.data, args.dataset, setting, ratio, 0)
             name += "-new-items" if setting == "new-item" else ""
             figures = measure(dataset)
             for ranking, metrics in figures.items():
@@ -95,7 +100,9 @@ def main() -> None:
                     continue  # popularity and chance do not read features
                 label = "content, no mask" if ratio is None else ranking
                 records.append({"dataset": name, "ranking": label, **{k: metrics[k] for k in sorted(metrics)}})
-    RESULTS.write_text(json.dumps(records, indent=1) + "\n")
+    mine = {r["dataset"] for r in records}  # the other catalog's records stay
+    kept = [r for r in json.loads(RESULTS.read_text()) if r["dataset"] not in mine] if RESULTS.exists() else []
+    atomic_write_text(RESULTS, json.dumps(kept + records, indent=1) + "\n")
     print("| data | ranking | Recall@20 | NDCG@20 | Recall@50 |\n|---|---|---|---|---|")
     for r in records:
         cells = [f"{r[k]:.4f}" if k in r else "-" for k in ("recall@20", "ndcg@20", "recall@50")]

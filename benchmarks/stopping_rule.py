@@ -40,7 +40,10 @@ class Replay:
     reference_stop: int | None  # epoch the reference rule stops at on this curve (None: it runs to the end)
     default_stop: int | None  # likewise under the default rule; None where the curve ends first
     rise_at_reference_stop: float  # the trend test's statistic where the reference rule stops
-    verdict: str  # "same", "goes on: run again", or "capped" (the curve reached the epoch cap)
+    ran_under: float  # the run's own stop_rising_sigmas (0: the reference rule; records before it: 0)
+    reproduced: bool  # the rule it ran under stops this curve where the run stopped (or it ran to the cap)
+    verdict: str  # "same"; "goes on: run again" (a reference-rule run the default would train on); "went on"
+    # (a default-rule run that the reference rule would have stopped earlier); "capped" (the epoch cap ended it)
 
 
 def stop_epoch(curve: list[tuple[int, float]], patience: int, rising_sigmas: float) -> int | None:
@@ -63,14 +66,19 @@ def replay(record: dict, config: DGMRecConfig) -> Replay:
     new = stop_epoch(curve, config.patience, config.stop_rising_sigmas)
     upto = [v for e, v in curve if ref is None or e <= ref]
     rise = rise_in_sigmas(upto[-config.patience:])
+    ran_under = float(record.get("stop_rising_sigmas", 0.0))
+    epochs_run = int(record["epochs_run"])
+    own = stop_epoch(curve, config.patience, ran_under)
+    capped = epochs_run >= config.epochs
+    reproduced = own == epochs_run or (own is None and capped)
     if ref is None:
-        verdict = "capped" if record["epochs_run"] >= config.epochs else "curve ends before either rule stops"
+        verdict = "capped" if capped else "curve ends before either rule stops"
     elif new == ref:
         verdict = "same"
     else:
-        verdict = "goes on: run again"
-    return Replay(record["dataset"], record["setting"], record["model"], int(record["seed"]), int(record["epochs_run"]),
-                  ref, new, round(rise, 2), verdict)
+        verdict = "went on" if ran_under > 0 else "goes on: run again"
+    return Replay(record["dataset"], record["setting"], record["model"], int(record["seed"]), epochs_run,
+                  ref, new, round(rise, 2), ran_under, reproduced, verdict)
 
 
 def main() -> None:
@@ -83,13 +91,13 @@ def main() -> None:
     records = [r for path in args.records for r in json.loads(path.read_text())]
     replays = [replay(r, config) for r in records if r.get("curve")]
     changed = [r for r in replays if r.verdict == "goes on: run again"]
-    mismatched = [r for r in replays if r.reference_stop is not None and r.reference_stop != r.epochs_run]
+    mismatched = [r for r in replays if not r.reproduced]
     for r in replays:
         log.info("%-14s %-9s %-24s seed %d  ran %3d  reference stops %4s  default %4s  rise %6.2f  %s", r.dataset,
                  r.setting, r.model, r.seed, r.epochs_run, r.reference_stop, r.default_stop,
                  r.rise_at_reference_stop, r.verdict)
-    log.info("%d runs replayed: %d the default rule would train on; %d whose recorded length the reference rule "
-             "does not reproduce", len(replays), len(changed), len(mismatched))
+    log.info("%d runs replayed: %d reference-rule runs the default rule would train on; %d whose recorded length "
+             "their own rule does not reproduce", len(replays), len(changed), len(mismatched))
     payload = {"commit": code_commit(), "patience": config.patience,
                "stop_rising_sigmas": config.stop_rising_sigmas, "runs": [asdict(r) for r in replays]}
     atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")

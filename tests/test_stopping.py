@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -230,3 +232,26 @@ def test_a_checkpoint_older_than_an_option_resumes_with_its_default() -> None:
     del saved["training_mode"]  # written before the option existed
     assert config_changes(saved, DGMRecConfig()) == ""
     assert "training_mode" in config_changes(saved, replace(DGMRecConfig(), training_mode="batch-local"))
+
+
+def test_replaying_recorded_curves_finds_the_runs_the_trend_test_changes() -> None:
+    """benchmarks/stopping_rule.py: a reference-rule run stopped inside the shop's climb must be run again; one
+    stopped on a falling curve keeps its record; a default-rule run is reproduced by its own rule."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stopping_rule
+
+    config = DGMRecConfig()
+
+    def record(curve_fn, last: int, sigmas: float | None) -> dict:
+        r = {"dataset": "d", "setting": "full", "model": "m", "seed": 0, "epochs_run": last,
+             "curve": [[e, curve_fn(e)] for e in range(3, last + 1, 3)]}
+        return r if sigmas is None else {**r, "stop_rising_sigmas": sigmas}
+
+    climbed = stopping_rule.replay(record(climb_back_curve, 81, None), config)
+    assert (climbed.reference_stop, climbed.default_stop, climbed.verdict) == (81, None, "goes on: run again")
+    assert climbed.reproduced and climbed.rise_at_reference_stop > 3
+    falling = stopping_rule.replay(record(lambda e: 0.3 - 0.001 * e + 0.0005 * math.sin(e), 81, None), config)
+    assert (falling.reference_stop, falling.default_stop, falling.verdict) == (81, 81, "same")
+    went_on = stopping_rule.replay(record(climb_back_curve, 279, 3.0), config)
+    assert went_on.reproduced and went_on.verdict == "went on" and went_on.default_stop == 279
+    assert not stopping_rule.replay(record(climb_back_curve, 120, None), config).reproduced
