@@ -5,7 +5,11 @@ reference rule (stop after 26 validations without a better Recall@20) and under 
 while the last 26 validations still climb (``stop_rising_sigmas``). A run the default stops where the reference
 rule did keeps its record; one the default would train on must be run again.
 
-    python benchmarks/stopping_rule.py                  # table + benchmarks/results/stopping_rule.json
+    python benchmarks/stopping_rule.py   # results/stopping_rule.{json,png}, results/recommend_reference_rule.json
+
+The reference-rule records the default would train on are kept in ``recommend_reference_rule.json`` (added to,
+never pruned), so that a rerun merged into recommend.json does not erase the figure it replaces; the plot
+sets each such curve beside its rerun.
 """
 from __future__ import annotations
 
@@ -81,16 +85,70 @@ def replay(record: dict, config: DGMRecConfig) -> Replay:
                   ref, new, round(rise, 2), ran_under, reproduced, verdict)
 
 
+KEY = ("dataset", "setting", "model", "seed")
+
+
+def keep_reference_records(changed: list[dict], path: Path) -> list[dict]:
+    """``path``'s records with ``changed`` added (same KEY: replaced); written back; the merged list."""
+    kept = {tuple(r[k] for k in KEY): r for r in (json.loads(path.read_text()) if path.exists() else [])}
+    kept.update({tuple(r[k] for k in KEY): r for r in changed})
+    merged = sorted(kept.values(), key=lambda r: tuple(str(r[k]) for k in KEY))
+    atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
+    return merged
+
+
+def plot_reruns(reference: list[dict], records: list[dict], out: Path) -> Path:
+    """One panel per run the trend test changed: its reference-rule curve, and its rerun's where there is one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dgmrec_core.atomic import atomic_path
+
+    reruns = {tuple(r[k] for k in KEY): r for r in records if r.get("stop_rising_sigmas", 0) > 0}
+    cols = min(3, max(1, len(reference)))
+    rows = -(-max(1, len(reference)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.2 * rows), squeeze=False)
+    for ax, old in zip(axes.flat, reference):
+        for run, colour, label in ((old, "tab:gray", "reference rule"),
+                                   (reruns.get(tuple(old[k] for k in KEY)), "tab:blue", "default rule")):
+            if run is None:
+                continue
+            epochs, values = zip(*run["curve"])
+            ax.plot(epochs, values, color=colour, linewidth=1,
+                    label=f"{label}: test {run['recall@20']:.3f}, best epoch {run['best_epoch']}")
+            ax.axvline(run["epochs_run"], color=colour, linestyle=":", linewidth=1)
+        ax.set_title(f"{old['dataset']}, {old['setting']}, {old['model']}, seed {old['seed']}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("valid Recall@20")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(reference):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=Path, nargs="+", default=[RESULTS / "recommend.json"])
     parser.add_argument("--out", type=Path, default=RESULTS / "stopping_rule.json")
+    parser.add_argument("--reference-records", type=Path, default=RESULTS / "recommend_reference_rule.json",
+                        help="where the reference-rule records the default would train on are kept")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = DGMRecConfig()
     records = [r for path in args.records for r in json.loads(path.read_text())]
-    replays = [replay(r, config) for r in records if r.get("curve")]
+    with_curves = [r for r in records if r.get("curve")]
+    replays = [replay(r, config) for r in with_curves]
     changed = [r for r in replays if r.verdict == "goes on: run again"]
+    stopped_early = [rec for rec, r in zip(with_curves, replays) if r.verdict == "goes on: run again"]
+    reference = keep_reference_records(stopped_early, args.reference_records)
+    png = plot_reruns(reference, records, args.out.with_suffix(".png"))
     mismatched = [r for r in replays if not r.reproduced]
     for r in replays:
         log.info("%-14s %-9s %-24s seed %d  ran %3d  reference stops %4s  default %4s  rise %6.2f  %s", r.dataset,
@@ -101,7 +159,7 @@ def main() -> None:
     payload = {"commit": code_commit(), "patience": config.patience,
                "stop_rising_sigmas": config.stop_rising_sigmas, "runs": [asdict(r) for r in replays]}
     atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
-    log.info("wrote %s", args.out)
+    log.info("wrote %s, %s, %s", args.out, png, args.reference_records)
 
 
 if __name__ == "__main__":
