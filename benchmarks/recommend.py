@@ -47,6 +47,7 @@ from dgmrec_core.distributed import resolve_device  # noqa: E402
 from dgmrec_core.errors import DataError  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
+from dgmrec_core.stopping import trend_windows  # noqa: E402
 from dgmrec_core.trainer import TrainResult, fit  # noqa: E402
 from provenance import code_commit  # noqa: E402  (benchmarks/, the script's folder)
 from validation_curves import plot_validation_curves  # noqa: E402
@@ -322,6 +323,7 @@ def main() -> None:
             record["commit"] = commit
             record["device"] = str(resolve_device(args.device))  # as train_speed.py names it; absent: the CPU
             record["stop_rising_sigmas"] = base.stop_rising_sigmas  # absent: the reference rule alone (0)
+            record["stop_trend_windows"] = list(trend_windows(base.patience))  # absent: [patience] (2004a63)
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])

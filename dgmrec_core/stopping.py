@@ -27,14 +27,32 @@ def rise_in_sigmas(scores: Sequence[float]) -> float:
     return slope / math.sqrt(scatter / sxx)
 
 
-def should_stop(stale: int, patience: int, scores: Sequence[float], rising_sigmas: float) -> bool:
-    """Stop after ``patience`` validations without a better score, unless the last ``patience`` scores still
-    rise by more than ``rising_sigmas`` standard errors (``rising_sigmas`` <= 0: the reference rule alone).
+def trend_windows(patience: int) -> tuple[int, ...]:
+    """The spans of recent validations the trend test reads: all ``patience`` of them (a long climb back from
+    an early peak) and the last half (a dip that turned: falling, then climbing, within the patience)."""
+    return tuple(sorted({patience, max(3, patience // 2)}))
+
+
+def still_climbing(scores: Sequence[float], patience: int, rising_sigmas: float,
+                   windows: Sequence[int] | None = None) -> bool:
+    """Whether the last scores climb: over any of ``windows`` (default :func:`trend_windows`) recent scores, a
+    least-squares slope more than ``rising_sigmas`` standard errors above zero."""
+    recent = list(scores)[-patience:]
+    spans = trend_windows(patience) if windows is None else windows
+    return any(rise_in_sigmas(recent[-w:]) > rising_sigmas for w in spans)
+
+
+def should_stop(stale: int, patience: int, scores: Sequence[float], rising_sigmas: float,
+                windows: Sequence[int] | None = None) -> bool:
+    """Stop after ``patience`` validations without a better score, unless the last scores still climb
+    (:func:`still_climbing`; ``rising_sigmas`` <= 0: the reference rule alone).
 
     The reference rule stops a run whose curve peaked early, dipped and is climbing back more slowly than
-    ``patience`` validations allow; the trend test lets it go on until it passes that peak or flattens."""
+    ``patience`` validations allow; the trend test lets it go on until it passes that peak or flattens.
+    ``windows``: the trend test's spans (default :func:`trend_windows`; benchmarks replaying runs made under
+    an earlier version pass that version's)."""
     if stale < patience:
         return False
     if rising_sigmas <= 0:
         return True
-    return rise_in_sigmas(list(scores)[-patience:]) <= rising_sigmas
+    return not still_climbing(scores, patience, rising_sigmas, windows)

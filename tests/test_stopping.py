@@ -17,7 +17,7 @@ from conftest import make_toy_dataset
 from dgmrec_core import trainer
 from dgmrec_core.checkpoint import load_model
 from dgmrec_core.config import DGMRecConfig
-from dgmrec_core.stopping import rise_in_sigmas, should_stop
+from dgmrec_core.stopping import rise_in_sigmas, should_stop, trend_windows
 from dgmrec_core.trainer import SparseValidationWarning, fit
 
 LIGHTGCN = replace(DGMRecConfig(), use_modalities=False, batch_size=512, embedding_size=8, seed=3)
@@ -80,6 +80,17 @@ def test_should_stop_needs_patience_and_no_climb() -> None:
     assert should_stop(10, 10, climb, 0.0)  # the reference rule alone
     assert should_stop(10, 10, climb[::-1], 3.0)
     assert not should_stop(10, 10, [0.5] * 30 + climb, 3.0)  # only the last `patience` scores count
+
+
+def test_a_dip_that_turned_within_the_patience_counts_as_climbing() -> None:
+    """The sparse shop's shape: a peak, a fall for half the patience, then a climb: the whole window's slope is
+    flat, its second half's is steep."""
+    v_shape = list(0.18 - 0.002 * np.arange(13)) + list(0.154 + 0.002 * np.arange(1, 14))
+    v_shape = [v + 0.0005 * math.sin(3.1 * i) for i, v in enumerate(v_shape)]
+    assert abs(rise_in_sigmas(v_shape)) < 3 < rise_in_sigmas(v_shape[13:])
+    assert trend_windows(26) == (13, 26)
+    assert not should_stop(26, 26, v_shape, 3.0)
+    assert should_stop(26, 26, v_shape, 3.0, windows=[26])  # the trend test's first version (2004a63)
 
 
 def test_reference_rule_stops_inside_the_shop_climb(monkeypatch) -> None:
@@ -245,7 +256,7 @@ def test_replaying_recorded_curves_finds_the_runs_the_trend_test_changes() -> No
     def record(curve_fn, last: int, sigmas: float | None) -> dict:
         r = {"dataset": "d", "setting": "full", "model": "m", "seed": 0, "epochs_run": last,
              "curve": [[e, curve_fn(e)] for e in range(3, last + 1, 3)]}
-        return r if sigmas is None else {**r, "stop_rising_sigmas": sigmas}
+        return r if sigmas is None else {**r, "stop_rising_sigmas": sigmas, "stop_trend_windows": [13, 26]}
 
     climbed = stopping_rule.replay(record(climb_back_curve, 81, None), config)
     assert (climbed.reference_stop, climbed.default_stop, climbed.verdict) == (81, None, "goes on: run again")
@@ -255,3 +266,20 @@ def test_replaying_recorded_curves_finds_the_runs_the_trend_test_changes() -> No
     went_on = stopping_rule.replay(record(climb_back_curve, 279, 3.0), config)
     assert went_on.reproduced and went_on.verdict == "went on" and went_on.default_stop == 279
     assert not stopping_rule.replay(record(climb_back_curve, 120, None), config).reproduced
+
+
+def test_records_of_runs_stopped_early_are_added_to_never_pruned(tmp_path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stopping_rule
+
+    def rec(seed: int, recall: float) -> dict:
+        return {"dataset": "d", "setting": "full", "model": "m", "seed": seed, "recall@20": recall,
+                "epochs_run": 81, "best_epoch": 3, "curve": [[3, 0.3], [6, 0.29]]}
+
+    path = tmp_path / "early.json"
+    stopping_rule.keep_reference_records([rec(0, 0.1), rec(1, 0.2)], path)
+    kept = stopping_rule.keep_reference_records([rec(1, 0.25)], path)  # seed 0 absent now: kept all the same
+    assert [(r["seed"], r["recall@20"]) for r in kept] == [(0, 0.1), (1, 0.25)]
+    assert json.loads(path.read_text()) == kept
+    png = stopping_rule.plot_reruns(kept, [{**rec(1, 0.3), "stop_trend_windows": [13, 26]}], tmp_path / "p.png")
+    assert png.stat().st_size > 0
