@@ -51,9 +51,10 @@ class DGMRecConfig:
                                "26 validations, cap 500), which goes on through LightGCN's transient early dip")
     stop_rising_sigmas: float = option(3.0, "early stopping waits while the validation curve still climbs: after "
                                             "patience validations without a better one, training goes on while "
-                                            "the least-squares slope of the last patience validations is more "
-                                            "than this many standard errors above zero (a curve climbing back "
-                                            "from an early peak); 0: the paper's reference rule alone")
+                                            "the least-squares slope of the last patience validations, or of "
+                                            "their last half, is more than this many standard errors above zero "
+                                            "(a curve climbing back from an early peak); 0: the paper's "
+                                            "reference rule alone")
     eval_every: int = option(3, "epochs between validation evaluations (the last epoch is always validated)")
     imputation: str = option("mean", "initial fill of missing feature rows: 'mean' of observed rows or 'zero'")
     generation_space: str = option("propagated", "with --generator paper, where translators and decoders learn (the"
