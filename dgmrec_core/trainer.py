@@ -222,11 +222,12 @@ class TrainingRun:
             self._validate(epoch, record)
         self.state.history.append(record)
         valid = record.get("valid", {}).get(SELECT)
+        waiting = valid is not None and self.state.stale >= self.config.patience and not self.stop()
         if self.progress:
             tqdm.write(f"epoch {epoch + 1}: loss {sum(record['loss'].values()):.4f} "
-                       f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else ""))
+                       f"({record['seconds']:.2f}s)" + (f" valid {SELECT} {valid:.4f}" if valid is not None else "")
+                       + (" (still climbing: going on)" if waiting else ""))
         elif valid is not None and self.ctx.is_main:  # without a progress bar, a log line per validation
-            waiting = self.state.stale >= self.config.patience and not self.stop()
             log.info("epoch %d: valid %s %.4f (best %.4f at epoch %d, %d of %d validations without a better one%s)",
                      epoch + 1, SELECT, valid, self.state.best_score, self.state.best_epoch, self.state.stale,
                      self.config.patience, "; still climbing: going on" if waiting else "")

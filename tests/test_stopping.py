@@ -283,3 +283,13 @@ def test_records_of_runs_stopped_early_are_added_to_never_pruned(tmp_path) -> No
     assert json.loads(path.read_text()) == kept
     png = stopping_rule.plot_reruns(kept, [{**rec(1, 0.3), "stop_trend_windows": [13, 26]}], tmp_path / "p.png")
     assert png.stat().st_size > 0
+
+
+def test_the_log_says_when_the_trend_test_keeps_a_run_going(monkeypatch, caplog) -> None:
+    scripted_validation(monkeypatch, 3, climb_back_curve)
+    with caplog.at_level("INFO", logger="dgmrec.train"):
+        fit(make_toy_dataset(), replace(LIGHTGCN, epochs=90), progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "dgmrec.train"]
+    assert lines[26].startswith("epoch 81:") and lines[26].endswith("26 of 26 validations without a better one; "
+                                                                    "still climbing: going on)")
+    assert not any("still climbing" in line for line in lines[:26])
