@@ -77,6 +77,22 @@ def test_owed_runs_lists_exactly_the_missing_cells_of_the_table() -> None:
                      "--seeds 0 --threads 1 --out part.json"] is None
 
 
+def test_a_run_stopped_inside_a_climb_is_owed_again() -> None:
+    """A record the current stopping rule would train on further (the reference rule stopped it 26 validations
+    after an early peak, the curve climbing) counts as missing; a GPU run's wall time is no estimate."""
+    done = [{**record(m, s, 0.1, setting), "dataset": d, "wall_s": 600.0}
+            for (d, setting) in recommend.GRID_CELLS for m in recommend.GRID_MODELS for s in recommend.GRID_SEEDS]
+    climbing = [[3, 0.34]] + [[e, 0.30 + 0.0004 * e] for e in range(6, 82, 3)]
+    for r in done:
+        if (r["dataset"], r["model"], r["seed"]) == ("sample-shop-sparse", "dgmrec", 2):
+            r.update(curve=climbing, epochs_run=81, best_epoch=3)
+        if (r["dataset"], r["model"]) == ("sample-shop-sparse", "dgmrec") and r["seed"] < 2:
+            r.update(device="cuda:0", wall_s=60.0)
+    owed = recommend.owed_runs(done)
+    assert owed == [("python benchmarks/recommend.py --dataset sample-shop --setting sparse --models dgmrec "
+                     "--seeds 2 --threads 1 --out part.json   (stopped early: run again)", 10.0)]
+
+
 def test_checkpoints_resume_a_run_and_give_a_finished_one_again(tmp_path, monkeypatch) -> None:
     """--checkpoints: a run saves as it validates; run again, it resumes and a finished run gives its record
     again without training (the first epochs of a cut run are not lost)."""
