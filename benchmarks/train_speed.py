@@ -131,6 +131,7 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
     run = TrainingRun(dataset, config, ctx, knn_fn, None, checkpoint=None, progress=False, take_features=True)
     sync()
     graphs = (time.perf_counter() - wall, time.process_time() - cpu)
+    log.info("model built and attached (kNN graphs included) in %.1f s", graphs[0])
     model, opt, club_opt = run.model, run.opt, run.club_opt
     rng = np.random.default_rng(config.seed)
     sampler = NegativeSampler(inter.train, inter.n_items, rng)
@@ -154,6 +155,7 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
             sync()
             batch_wall.append(time.perf_counter() - t_wall)
             batch_cpu.append(time.process_time() - t_cpu)
+            log.debug("epoch %d batch %d: %.3f s", epoch + 1, b + 1, batch_wall[-1])
         model.end_epoch()
         sync()
         untimed = n_batches - timed  # estimated at the median batch
@@ -186,6 +188,8 @@ def run_child(args: argparse.Namespace) -> dict:
     else:
         dataset = synthetic(SHAPES[args.child], seed=args.seed)
     data_s = time.perf_counter() - t0
+    log.info("data ready in %.1f s (%d items, %d training interactions)", data_s,
+             dataset.interactions.n_items, len(dataset.interactions.train))
     if args.child in ("ml100k", "sample-shop", "baby"):
         out = measure(dataset, config, args.epochs, None, chunked_cosine_knn, args.device)
     else:
@@ -204,9 +208,9 @@ def run_all(args: argparse.Namespace) -> list[dict]:
             cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
                    "--epochs", str(args.epochs), "--batches", str(args.batches), "--threads", str(threads),
                    "--seed", str(args.seed), "--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its log goes on to ours, live
             if proc.returncode:
-                log.error("%s %s failed:\n%s", name, mode, proc.stderr[-2000:])
+                log.error("%s %s failed (exit code %d): its log is above", name, mode, proc.returncode)
                 continue
             result = json.loads(proc.stdout.strip().splitlines()[-1])
             # the reference code was timed on this project's CPU: no ratio against a GPU run
@@ -251,7 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.child:
+    if args.child:  # its log to stderr, which the parent passes on live (a run cut short still shows its phases)
+        logging.basicConfig(level=logging.INFO, format=f"  [{args.child} {args.mode}] %(message)s", stream=sys.stderr)
         result = run_child(args)
         result["peak_rss_mb"] = peak_mb()
         print(json.dumps(result))
