@@ -109,12 +109,8 @@ def keep_reference_records(changed: list[dict], path: Path) -> list[dict]:
 
 def plot_reruns(reference: list[dict], records: list[dict], out: Path) -> Path:
     """One panel per run stopped early: its first curve, and its rerun's (default rule) where there is one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from dgmrec_core.atomic import atomic_path
+    from validation_curves import label_curve_axis, save_figure  # benchmarks/: sets the Agg backend
 
     reruns = {tuple(r[k] for k in KEY): r for r in records if r.get("stop_trend_windows")}
     cols = min(3, max(1, len(reference)))
@@ -129,18 +125,10 @@ def plot_reruns(reference: list[dict], records: list[dict], out: Path) -> Path:
             ax.plot(epochs, values, color=colour, linewidth=1,
                     label=f"{label}: test {run['recall@20']:.3f}, best epoch {run['best_epoch']}")
             ax.axvline(run["epochs_run"], color=colour, linestyle=":", linewidth=1)
-        ax.set_title(f"{old['dataset']}, {old['setting']}, {old['model']}, seed {old['seed']}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid Recall@20")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        label_curve_axis(ax, f"{old['dataset']}, {old['setting']}, {old['model']}, seed {old['seed']}", small=True)
     for ax in list(axes.flat)[len(reference):]:
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def main() -> None:

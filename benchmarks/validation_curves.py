@@ -42,16 +42,26 @@ def plot_validation_curves(records: list[dict], out: Path, models: tuple[str, ..
             best = dict(r["curve"]).get(r["best_epoch"])
             if best is not None:
                 ax.plot([r["best_epoch"]], [best], "o", color=colour, markersize=4)
-        ax.set_title(f"{dataset}, {setting}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("valid Recall@20")
-        ax.grid(alpha=0.3)
-        ax.legend()
+        label_curve_axis(ax, f"{dataset}, {setting}")
     if not groups:
         axes[0][0].text(0.5, 0.5, "no validation curves", ha="center")
+    return save_figure(fig, out, dpi=110)
+
+
+def label_curve_axis(ax, title: str, small: bool = False) -> None:
+    """Title, axis labels, grid and legend of a validation-curve panel."""
+    ax.set_title(title, fontsize=9 if small else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("valid Recall@20")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7 if small else None)
+
+
+def save_figure(fig, out: Path, dpi: int) -> Path:
+    """Write ``fig`` to ``out`` (PNG) atomically and close it."""
     fig.tight_layout()
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
     return out
 
