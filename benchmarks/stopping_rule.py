@@ -95,14 +95,12 @@ def replay(record: dict, config: DGMRecConfig) -> Replay:
                   ref, new, round(rise, 2), ran_under, reproduced, verdict)
 
 
-KEY = ("dataset", "setting", "model", "seed")
-
-
 def keep_reference_records(changed: list[dict], path: Path) -> list[dict]:
-    """``path``'s records with ``changed`` added (same KEY: replaced); written back; the merged list."""
-    kept = {tuple(r[k] for k in KEY): r for r in (json.loads(path.read_text()) if path.exists() else [])}
-    kept.update({tuple(r[k] for k in KEY): r for r in changed})
-    merged = sorted(kept.values(), key=lambda r: tuple(str(r[k]) for k in KEY))
+    """``path``'s records with ``changed`` added (``recommend.merge_records``: same KEY replaced); written back,
+    sorted by KEY; the merged list."""
+    from recommend import KEY, merge_records, read_records  # benchmarks/: the records' own key and merge
+
+    merged = sorted(merge_records(read_records(path), changed), key=lambda r: tuple(str(r[k]) for k in KEY))
     atomic_write_text(path, json.dumps(merged, indent=1) + "\n")
     return merged
 
@@ -110,6 +108,7 @@ def keep_reference_records(changed: list[dict], path: Path) -> list[dict]:
 def plot_reruns(reference: list[dict], records: list[dict], out: Path) -> Path:
     """One panel per run stopped early: its first curve, and its rerun's (default rule) where there is one."""
     import matplotlib.pyplot as plt
+    from recommend import KEY
     from validation_curves import label_curve_axis, save_figure  # benchmarks/: sets the Agg backend
 
     reruns = {tuple(r[k] for k in KEY): r for r in records if r.get("stop_trend_windows")}
@@ -143,7 +142,6 @@ def main() -> None:
     records = [r for path in args.records for r in json.loads(path.read_text())]
     with_curves = [r for r in records if r.get("curve")]
     replays = [replay(r, config) for r in with_curves]
-    changed = [r for r in replays if r.verdict == "goes on: run again"]
     stopped_early = [rec for rec, r in zip(with_curves, replays) if r.verdict == "goes on: run again"]
     reference = keep_reference_records(stopped_early, args.reference_records)
     png = plot_reruns(reference, records, args.out.with_suffix(".png"))
@@ -153,7 +151,7 @@ def main() -> None:
                  r.setting, r.model, r.seed, r.epochs_run, r.reference_stop, r.default_stop,
                  r.rise_at_reference_stop, r.verdict)
     log.info("%d runs replayed: %d the default rule would train on further; %d whose recorded length their own "
-             "rule does not reproduce", len(replays), len(changed), len(mismatched))
+             "rule does not reproduce", len(replays), len(stopped_early), len(mismatched))
     payload = {"commit": code_commit(), "patience": config.patience,
                "stop_rising_sigmas": config.stop_rising_sigmas, "runs": [asdict(r) for r in replays]}
     atomic_write_text(args.out, json.dumps(payload, indent=1) + "\n")
