@@ -122,6 +122,10 @@ class DGMRecConfig:
     bf16_logits: bool = option(False, "compute the InfoNCE similarity products in bfloat16 (off, the default: "
                                       "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
                                       "new shape grows oneDNN's primitive cache)")
+    nce_anchors: int = option(0, "InfoNCE anchors per term and batch: 0 (the paper) scores every distinct user "
+                                 "or item of the batch against every other; N > 0 scores N of them, drawn "
+                                 "uniformly, against every other (an unbiased estimate of the same loss and "
+                                 "gradient on an N x distinct matrix; docs/DESIGN.md 'Sampled InfoNCE anchors')")
     seed: int = option(2024, "random seed of initialisation, sampling and masks")
 
     def __post_init__(self) -> None:
@@ -197,5 +201,5 @@ _BOUNDS: dict[str, tuple[float, bool]] = {
     "align_bm_temp": (0, True), "recon": (0, False), "reg": (0, False), "reg_id": (0, False), "sampler": (0, False),
     "club_steps": (0, False), "club_lr": (0, True), "lr": (0, True), "batch_size": (0, True), "epochs": (0, True),
     "patience": (0, True), "stop_rising_sigmas": (0, False), "eval_every": (0, True), "gen_temp": (0, True),
-    "gen_weight": (0, False), "gen_refit_steps": (0, False),
+    "gen_weight": (0, False), "gen_refit_steps": (0, False), "nce_anchors": (0, False),
 }

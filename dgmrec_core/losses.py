@@ -27,8 +27,14 @@ class RowGroups(NamedTuple):
         return cls(unique, inverse, counts.float().log())
 
 
+def sample_anchors(n: int, anchors: int, device: torch.device) -> torch.Tensor | None:
+    """``anchors`` distinct positions among ``n``, drawn uniformly (torch's generator); None keeps all of them
+    (``anchors`` 0, or not fewer than ``n``)."""
+    return torch.randperm(n, device=device)[:anchors] if 0 < anchors < n else None
+
+
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGroups | None = None,
-             rows_b: RowGroups | None = None, *, bf16: bool = False) -> torch.Tensor:
+             rows_b: RowGroups | None = None, *, bf16: bool = False, anchors: int = 0) -> torch.Tensor:
     """InfoNCE with cosine similarity of ``a[rows_a]`` against ``b[rows_b]`` (whole tensors when None).
 
     Row i of the first is scored against every row of the second; row i of the second is its positive.
@@ -37,6 +43,11 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
     gradient as the (batch x batch) form, on a (distinct x distinct) matrix, several times smaller on
     dense data. The temperature scales ``a`` before the product, not the logits: same value, less work.
     ``bf16`` computes the similarity product in bfloat16 (the softmax stays float32).
+
+    ``anchors`` > 0 scores only that many distinct anchors, drawn uniformly, against every distinct row of
+    the second (``config.nce_anchors``): the rows of the sampled anchors, summed and scaled by (distinct
+    anchors / sampled) / rows, estimate the mean over all rows without bias, loss and gradient alike, on an
+    (anchors x distinct) matrix.
     """
     ua = a if rows_a is None else a[rows_a.unique]
     ub = b if rows_b is None else b[rows_b.unique]
@@ -46,6 +57,16 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
     ib = torch.arange(ub.shape[0], device=a.device) if rows_b is None else rows_b.inverse
     if ia.shape != ib.shape:
         raise ValueError(f"info_nce needs as many positives as anchors, got {ia.shape[0]} and {ib.shape[0]}")
+    n_rows, weight = ia.shape[0], 1.0
+    picked = sample_anchors(ua.shape[0], anchors, a.device)
+    if picked is not None:  # the sampled anchors' rows, renumbered among the sampled
+        position = torch.full((ua.shape[0],), -1, dtype=torch.long, device=a.device)
+        position[picked] = torch.arange(len(picked), device=a.device)
+        rows = position[ia] >= 0
+        weight = ua.shape[0] / len(picked)
+        ua, ia, ib_all, ib = ua[picked], position[ia][rows], ib, ib[rows]
+    else:
+        ib_all = ib
     ua, ub = F.normalize(ua, dim=1) / temperature, F.normalize(ub, dim=1)
     if bf16:  # the log-counts stay float32, added after the product
         with torch.autocast(ua.device.type, dtype=torch.bfloat16):
@@ -57,9 +78,11 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
             ua = torch.cat([ua, ua.new_ones(ua.shape[0], 1)], dim=1)
             ub = torch.cat([ub, rows_b.log_counts[:, None]], dim=1)
         logits = ua @ ub.T
-    # log_softmax is one fused pass forward and back; the positives' own log-counts are taken off again
-    loss = -F.log_softmax(logits, dim=1)[ia, ib].mean()
-    return loss + rows_b.log_counts[ib].mean() if rows_b is not None else loss
+    # log_softmax is one fused pass forward and back; the positives' own log-counts (data, no gradient) are
+    # taken off again, over every row
+    scores = -F.log_softmax(logits, dim=1)[ia, ib]
+    loss = scores.mean() if picked is None else scores.sum() * (weight / n_rows)
+    return loss + rows_b.log_counts[ib_all].mean() if rows_b is not None else loss
 
 
 def l2_norms(*tensors: torch.Tensor) -> torch.Tensor:
@@ -150,7 +173,7 @@ def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTarg
 
 
 def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTargets,
-                  temperature: float) -> torch.Tensor:
+                  temperature: float, anchors: int = 0) -> torch.Tensor:
     """``info_nce(layer(z), x, temperature) + mse_loss(layer(z), x)`` without decoding a single row.
 
     ``layer`` maps small codes ``z`` (n, d_in) to wide features (n, d_out), e.g. 128 -> 4,096. Being linear,
@@ -158,7 +181,8 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
     so both terms follow from ``x @ W`` and ``W^T W``: O(n d_out d_in + n^2 d_in) instead of the
     O(n^2 d_out) of the cosine logits plus the O(n d_out d_in) decoding, forward and backward. The same
     loss and gradient up to rounding (tests/test_losses.py). ``x``: the feature rows or their
-    ``DecoderTargets``.
+    ``DecoderTargets``. ``anchors`` > 0: the InfoNCE of that many rows drawn uniformly, each against every
+    row (an unbiased estimate of the mean over rows, as in ``info_nce``); the MSE stays over every row.
     """
     t = _targets(layer, x)
     if z.shape[0] == 0 or t.xw.shape[0] == 0:
@@ -171,7 +195,11 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
     # with the rows [x_j W, x_j . b] / |x_j|: no elementwise pass over the (n, n) logits
     left = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1) * row_scale[:, None]
     right = torch.cat([t.xw, t.xb[:, None]], dim=1) / t.sq.sqrt().clamp_min(1e-12)[:, None]
-    nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
+    picked = sample_anchors(z.shape[0], anchors, z.device)
+    if picked is None:
+        nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
+    else:
+        nce = -F.log_softmax(left[picked] @ right.T, dim=1)[torch.arange(len(picked), device=z.device), picked].mean()
     dots = (z * t.xw).sum(1) + t.xb  # layer(z_i) . x_i
     squared_error = sq_norm - 2 * dots + t.sq
     return nce + squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)

@@ -282,7 +282,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                           targets: list[RowTargets]) -> tuple:
         """(inter-modal InfoNCE, generation MSE, contrastive chain) over the batch's items and users."""
         c, M = self.config, self.n_modalities
-        nce = partial(info_nce, bf16=c.bf16_logits)
+        nce = partial(info_nce, bf16=c.bf16_logits, anchors=c.nce_anchors)
         obs = self.observed[item(batch_items)]
         tg = p.g if self.raw_generation else p.gf  # translator targets
         frozen = self.contrastive and c.gen_chain_scope == "generator"  # the chain trains the generator's parts only
@@ -315,7 +315,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     def _alignment_terms(self, p: Parts, U: RowGroups, P: RowGroups) -> tuple[torch.Tensor, torch.Tensor]:
         """(user-item InfoNCE in the CF, general and specific spaces; behaviour-modality InfoNCE)."""
         c = self.config
-        nce = partial(info_nce, bf16=c.bf16_logits)
+        nce = partial(info_nce, bf16=c.bf16_logits, anchors=c.nce_anchors)
         g_u, g_i = torch.stack(p.gu).sum(0), torch.stack(p.gf).sum(0)
         intra = nce(p.e_u, p.e_i, c.intra_modal_temp, U, P)
         intra = intra + nce(g_u, g_i, c.inter_modal_temp, U, P)
