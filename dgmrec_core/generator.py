@@ -280,9 +280,25 @@ class GenerationMixin:
     @torch.no_grad()
     def update_calibration(self) -> None:
         """Fit the calibration of the contrastive generator: per modality, the mean and spread of what it
-        generates for items with a source modality observed, and those of the real (observed) rows."""
+        generates for items with a source modality observed, and those of the real (observed) rows. The pass
+        is kept for ``generate_missing`` while no weight or buffer changes (``_pass_key``): the next
+        epoch's generation, after validation, reuses it instead of repeating it."""
         if self.contrastive:
-            self._fit_calibration(self._raw_moments(self._generation_inputs())[1])
+            inputs = self._generation_inputs()
+            moments = self._raw_moments(inputs)
+            self._fit_calibration(moments[1])
+            self._calibration_pass = (self._pass_key(), inputs, moments)
+
+    def _pass_key(self) -> tuple:
+        """What a generation pass depends on: the in-place version counters of every parameter and buffer (any
+        optimiser step, load or write into a tensor moves one) and the rows of each chunk."""
+        versions = tuple(t._version for t in (*self.parameters(), *self.buffers()))
+        return versions, tuple((rows.start, rows.stop) for rows in self._generation_chunks())
+
+    def _unchanged_calibration_pass(self) -> tuple[GenerationInputs, tuple] | None:
+        """``update_calibration``'s inputs and moments if nothing changed since it ran (then taken), else None."""
+        kept, self._calibration_pass = self._calibration_pass, None
+        return kept[1:] if kept is not None and kept[0] == self._pass_key() else None
 
     def _fit_calibration(self, with_source: list[Moments]) -> None:
         for m, generated in enumerate(with_source):
@@ -298,12 +314,17 @@ class GenerationMixin:
     def generate_missing(self) -> None:
         """Write generated features into the rows of items missing each modality, chunk by chunk (the
         contrastive generator's calibration is fitted first, on the same weights)."""
-        inputs = self._generation_inputs()
         if self.contrastive:
-            moments = self._raw_moments(inputs)
-            self._fit_calibration(moments[1])
+            kept = self._unchanged_calibration_pass()
+            if kept is None:
+                inputs = self._generation_inputs()
+                moments = self._raw_moments(inputs)
+                self._fit_calibration(moments[1])
+            else:  # update_calibration's pass on these very weights: the same rows, the same calibration
+                inputs, moments = kept
             chunks = self._calibrated_chunks(inputs, moments)
         else:
+            inputs = self._generation_inputs()
             chunks = ((rows, self._generate_rows(inputs, rows)) for rows in self._generation_chunks())
         for rows, generated in chunks:  # a chunk's generation reads only its own rows' features
             for m, x_hat in enumerate(generated):

@@ -68,6 +68,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
             self.register_buffer(f"calib_{m}", torch.stack([torch.zeros(dm), torch.ones(dm),
                                                             torch.zeros(dm), torch.ones(dm)]))
         self._mean_filters: list[torch.Tensor] | None = None
+        self._calibration_pass: tuple | None = None  # generator.update_calibration's last pass, while still valid
         self._cache: batch_local.PropagationCache | None = None
 
     # ----------------------------------------------------------------- set-up

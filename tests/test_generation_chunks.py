@@ -49,11 +49,50 @@ def test_chunked_generation_matches_one_pass(monkeypatch, generator_name: str) -
         missing = ~whole.observed[:, m]
         assert not torch.equal(whole.features(m)[missing], untouched.features(m)[missing])
         assert torch.equal(whole.features(m)[~missing], untouched.features(m)[~missing])
-        assert torch.allclose(whole.features(m), chunked.features(m), atol=1e-5)
+        # float32 rounding: features of magnitude ~12, products whose blocking depends on the rows and the CPU
+        # (2e-5 apart on one 2-thread machine)
+        assert torch.allclose(whole.features(m), chunked.features(m), atol=1e-4)
         assert torch.allclose(getattr(whole, f"calib_{m}"), getattr(chunked, f"calib_{m}"), atol=1e-5)
     monkeypatch.setattr(generator, "GENERATION_CHUNK", 10_000)
     one_pass = whole.generated_features(noise=False)
     monkeypatch.setattr(generator, "GENERATION_CHUNK", 10)
     in_chunks = whole.generated_features(noise=False)
     for a, b in zip(one_pass, in_chunks):
-        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4)
+
+
+def _trained(config: DGMRecConfig, monkeypatch, reuse: bool):
+    from conftest import make_toy_dataset as toy
+    from dgmrec_core.trainer import fit
+
+    if not reuse:  # every generation makes its own calibration pass, as before the reuse
+        monkeypatch.setattr(generator.GenerationMixin, "_unchanged_calibration_pass", lambda self: None)
+    result = fit(toy(n_users=50, n_items=97), config, progress=False)
+    monkeypatch.undo()
+    return result
+
+
+def test_reusing_the_end_of_epoch_calibration_pass_trains_bit_for_bit_the_same(monkeypatch) -> None:
+    """generate_missing takes update_calibration's pass when nothing changed since (the epoch's end, then
+    validation): the run is the same, weights and history, as when it makes its own pass."""
+    config = DGMRecConfig(epochs=4, batch_size=128, knn_k=5, refresh_every=2, eval_every=1, seed=3)
+    reused, own = (_trained(config, monkeypatch, reuse) for reuse in (True, False))
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in r.history] for r in (reused, own)]
+    assert untimed[0] == untimed[1]
+    state, other = reused.model.state_dict(), own.model.state_dict()
+    assert all(torch.equal(state[k], other[k]) for k in state)
+
+
+def test_a_changed_weight_makes_generation_pass_again(monkeypatch) -> None:
+    model = _model(DGMRecConfig(knn_k=5))
+    passes = []
+    real = model._raw_moments
+    monkeypatch.setattr(model, "_raw_moments", lambda inputs: passes.append(1) or real(inputs))
+    model.update_calibration()
+    model.generate_missing()  # nothing changed: update_calibration's pass is reused
+    assert len(passes) == 1
+    model.update_calibration()
+    with torch.no_grad():
+        model.decoder[0].weight.add_(0.01)  # an optimiser step, say
+    model.generate_missing()
+    assert len(passes) == 3

@@ -85,3 +85,46 @@ def test_decoded_mse_equals_mse_of_the_decoded_rows() -> None:
     params = list(layer.parameters())
     for a, b in zip(torch.autograd.grad(fast, params), torch.autograd.grad(slow, params)):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def _grad(loss_fn, *tensors):
+    for t in tensors:
+        t.grad = None
+    loss = loss_fn()
+    loss.backward()
+    return loss.detach(), [t.grad.clone() for t in tensors]
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_sampled_anchors_estimate_the_full_info_nce_without_bias(grouped: bool) -> None:
+    """nce_anchors: the mean over draws of the sampled loss and gradient is the full loss and gradient (the
+    estimator is unbiased), a single draw is not; anchors >= the distinct rows is the full form, bit for bit."""
+    torch.manual_seed(0)
+    a = torch.randn(12, 6, requires_grad=True)
+    b = torch.randn(12, 6, requires_grad=True)
+    rows = torch.tensor([0, 1, 1, 2, 3, 3, 3, 5, 7, 8, 8, 11, 4, 6, 9, 10])
+    ga, gb = (RowGroups.of(rows), RowGroups.of(rows.flip(0))) if grouped else (None, None)
+    full, full_grads = _grad(lambda: info_nce(a, b, 0.2, ga, gb), a, b)
+    same, same_grads = _grad(lambda: info_nce(a, b, 0.2, ga, gb, anchors=12), a, b)
+    assert torch.equal(same, full) and all(torch.equal(x, y) for x, y in zip(same_grads, full_grads))
+    draws = [_grad(lambda: info_nce(a, b, 0.2, ga, gb, anchors=4), a, b) for _ in range(4000)]
+    mean_loss = torch.stack([d[0] for d in draws]).mean()
+    spread = torch.stack([d[0] for d in draws]).std()
+    assert spread > 1e-3  # one draw is an estimate, not the loss
+    assert abs(mean_loss - full) < 4 * spread / len(draws) ** 0.5
+    for k, g in enumerate(full_grads):
+        mean_grad = torch.stack([d[1][k] for d in draws]).mean(0)
+        assert torch.allclose(mean_grad, g, atol=0.05 * g.abs().max())
+
+
+def test_decoded_match_with_sampled_anchors_is_unbiased() -> None:
+    from dgmrec_core.losses import decoded_match
+
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(5, 40)
+    z = torch.randn(10, 5, requires_grad=True)
+    x = torch.randn(10, 40)
+    full = decoded_match(layer, z, x, 0.1).detach()
+    assert torch.equal(decoded_match(layer, z, x, 0.1, anchors=10).detach(), full)
+    draws = torch.stack([decoded_match(layer, z, x, 0.1, anchors=3).detach() for _ in range(4000)])
+    assert draws.std() > 1e-3 and abs(draws.mean() - full) < 4 * draws.std() / len(draws) ** 0.5

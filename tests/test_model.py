@@ -195,3 +195,27 @@ def test_observed_only_knn_gives_observed_items_k_neighbours() -> None:
     counts = torch.bincount(rows, minlength=40)
     assert torch.all(counts[observed] == 4) and torch.all(counts[~observed] == 1)
     assert torch.all(observed[cols[observed[rows]]])
+
+
+def test_sampled_anchors_reach_only_the_info_nce_terms_and_still_learn_the_toy() -> None:
+    """nce_anchors samples the InfoNCE terms of a batch (here 'intra' differs from the full batch's) and
+    nothing else ('bpr' is the same batch's); trained with it, the toy answer is still learned."""
+    dataset = make_toy_dataset()
+    inter = dataset.interactions
+    users, pos = (torch.as_tensor(inter.train[:, k]) for k in (0, 1))
+    neg = (pos + 1) % dataset.n_items
+    terms = {}
+    for anchors in (0, 4):
+        model = _model(dataset, replace(FAST, nce_anchors=anchors))
+        model.train()
+        torch.manual_seed(3)
+        terms[anchors] = model.loss(users, pos, neg)[1]
+    assert terms[4]["bpr"] == terms[0]["bpr"]
+    assert terms[4]["intra"] != terms[0]["intra"]
+    result = fit(dataset, replace(FAST, epochs=25, lr=1e-2, nce_anchors=4), progress=False)
+    assert result.test["recall@20"] > 0.5
+
+
+def test_negative_anchor_count_is_refused_by_name() -> None:
+    with pytest.raises(DataError, match="nce_anchors"):
+        DGMRecConfig(nce_anchors=-1)
