@@ -62,7 +62,7 @@ MODELS = {
     "dgmrec-batch-local": {"training_mode": "batch-local"},  # batches compute only their rows, on any catalog
     "dgmrec-paper-exact": {"training_mode": "paper-exact"},  # the default's options with whole-catalog batches
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
-    "dgmrec-anchors": {"nce_anchors": 256},  # each InfoNCE term on 256 sampled anchors (unbiased, cheaper)
+    "dgmrec-anchors": {"nce_anchors": 256},  # the paper's InfoNCE terms on 256 sampled anchors (unbiased, cheaper)
     "dgmrec-batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256},
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},

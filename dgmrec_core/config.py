@@ -122,10 +122,11 @@ class DGMRecConfig:
     bf16_logits: bool = option(False, "compute the InfoNCE similarity products in bfloat16 (off, the default: "
                                       "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
                                       "new shape grows oneDNN's primitive cache)")
-    nce_anchors: int = option(0, "InfoNCE anchors per term and batch: 0 (the paper) scores every distinct user "
-                                 "or item of the batch against every other; N > 0 scores N of them, drawn "
-                                 "uniformly, against every other (an unbiased estimate of the same loss and "
-                                 "gradient on an N x distinct matrix; docs/DESIGN.md 'Sampled InfoNCE anchors')")
+    nce_anchors: int = option(0, "anchors of the paper's InfoNCE alignment terms per batch: 0 (the paper) scores "
+                                 "every distinct user or item of the batch against every other; N > 0 scores N "
+                                 "of them, drawn uniformly, against every other (an unbiased estimate of the "
+                                 "same loss and gradient on an N x distinct matrix; the generation chain keeps "
+                                 "every anchor; docs/DESIGN.md 'Sampled InfoNCE anchors')")
     seed: int = option(2024, "random seed of initialisation, sampling and masks")
 
     def __post_init__(self) -> None:

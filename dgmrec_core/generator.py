@@ -85,7 +85,7 @@ class GenerationMixin:
     def _decoded_match(self, b: int, z: torch.Tensor, x_b: torch.Tensor | DecoderTargets) -> torch.Tensor:
         """InfoNCE + MSE of decoder_b(z) against the real features ``x_b`` of the same items, both computed on
         the decoder's small inputs (``decoded_match``: no decoded row, no n x n product of wide features)."""
-        return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp, self.config.nce_anchors)
+        return decoded_match(self.decoder[b], z, x_b, self.config.gen_temp)
 
     def _content_free_general(self, b: int, source_means: list[torch.Tensor | None],
                               frozen_encoder: bool = False) -> torch.Tensor | None:

@@ -173,7 +173,7 @@ def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTarg
 
 
 def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTargets,
-                  temperature: float, anchors: int = 0) -> torch.Tensor:
+                  temperature: float) -> torch.Tensor:
     """``info_nce(layer(z), x, temperature) + mse_loss(layer(z), x)`` without decoding a single row.
 
     ``layer`` maps small codes ``z`` (n, d_in) to wide features (n, d_out), e.g. 128 -> 4,096. Being linear,
@@ -181,8 +181,7 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
     so both terms follow from ``x @ W`` and ``W^T W``: O(n d_out d_in + n^2 d_in) instead of the
     O(n^2 d_out) of the cosine logits plus the O(n d_out d_in) decoding, forward and backward. The same
     loss and gradient up to rounding (tests/test_losses.py). ``x``: the feature rows or their
-    ``DecoderTargets``. ``anchors`` > 0: the InfoNCE of that many rows drawn uniformly, each against every
-    row (an unbiased estimate of the mean over rows, as in ``info_nce``); the MSE stays over every row.
+    ``DecoderTargets``.
     """
     t = _targets(layer, x)
     if z.shape[0] == 0 or t.xw.shape[0] == 0:
@@ -195,11 +194,7 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
     # with the rows [x_j W, x_j . b] / |x_j|: no elementwise pass over the (n, n) logits
     left = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1) * row_scale[:, None]
     right = torch.cat([t.xw, t.xb[:, None]], dim=1) / t.sq.sqrt().clamp_min(1e-12)[:, None]
-    picked = sample_anchors(z.shape[0], anchors, z.device)
-    if picked is None:
-        nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
-    else:
-        nce = -F.log_softmax(left[picked] @ right.T, dim=1)[torch.arange(len(picked), device=z.device), picked].mean()
+    nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
     dots = (z * t.xw).sum(1) + t.xb  # layer(z_i) . x_i
     squared_error = sq_norm - 2 * dots + t.sq
     return nce + squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)
