@@ -83,9 +83,13 @@ def export_mmrec(dataset: Dataset, folder: Path, name: str) -> None:
              inter.n_users, inter.n_items, len(mask["v"]), len(mask["t"]), len(mask["all"]))
 
 
-def malloc_env() -> dict[str, str]:
-    """glibc's allocator settings (MALLOC_*) the run inherits: they decide how much of it is page faults."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")}
+def allocator() -> str:
+    """glibc's allocator settings (MALLOC_* variables) the run and its children inherit, as one label ("glibc
+    default" without any). They decide how much of a run goes to page faults: on this project's 2-core VM the
+    reference code took 21.85 s per ML-100K epoch by default and 10.14 s with its freed buffers kept
+    (benchmarks/RESULTS.md section 2d), so a record says which were in force, and records differ by them."""
+    given = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")]
+    return " ".join(given) or "glibc default"
 
 
 def scenario_data(name: str, seed: int = 0) -> Dataset:
@@ -141,7 +145,7 @@ def measure(src: Path, name: str, threads: int, epochs: int, work: Path | None =
     return {"kind": "training", "benchmark": "benchmarks/reference_speed.py", "dataset": name, "mode": MODE,
             "threads": threads, "processes": 1, "seed": seed, "device": "cpu", **result,
             "cpu_s_per_epoch": None, "peak_rss_mb": None, "recall@20": None,
-            "reference_commit": reference_commit(src), "malloc_env": malloc_env(), "commit": code_commit(),
+            "reference_commit": reference_commit(src), "allocator": allocator(), "commit": code_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 

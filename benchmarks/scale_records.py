@@ -10,9 +10,9 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 # Fields that identify a record of each kind; a new record with the same values replaces the old one.
-KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed", "device"),
+KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed", "device", "allocator"),
         "index": ("dataset", "index", "threads")}
-DEFAULTS = {"device": "cpu"}  # records from before a field existed: what they measured
+DEFAULTS = {"device": "cpu", "allocator": "glibc default"}  # records from before a field existed: what they measured
 
 
 def _key(record: dict[str, Any]) -> tuple:

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.provenance import code_commit  # noqa: E402
-from benchmarks.reference_speed import malloc_env  # noqa: E402
+from benchmarks.reference_speed import allocator  # noqa: E402
 from benchmarks.scale_records import merge_records  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset, Modality  # noqa: E402
@@ -226,7 +226,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
             record = {"kind": "training", "benchmark": "benchmarks/train_speed.py", "dataset": name, "mode": mode,
                       "threads": threads, "processes": 1,
                       "seed": args.seed, **result, "reference_s_per_epoch": reference,
-                      "reference_source": source, "malloc_env": malloc_env(),
+                      "reference_source": source, "allocator": allocator(),
                       "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
             records.append(record)
             log.info("%s %s: %.2f s/epoch, peak %.0f MB", name, mode, record["sec_per_epoch"], record["peak_rss_mb"])
