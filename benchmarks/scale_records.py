@@ -10,9 +10,11 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "scale.json"
 # Fields that identify a record of each kind; a new record with the same values replaces the old one.
-KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed", "device", "allocator"),
+KEYS = {"training": ("benchmark", "dataset", "mode", "threads", "processes", "seed", "device", "allocator",
+                     "batch_size"),
         "index": ("dataset", "index", "threads")}
-DEFAULTS = {"device": "cpu", "allocator": "glibc default"}  # records from before a field existed: what they measured
+# records from before a field existed: what they measured
+DEFAULTS = {"device": "cpu", "allocator": "glibc default", "batch_size": 2048}
 
 
 def _key(record: dict[str, Any]) -> tuple:

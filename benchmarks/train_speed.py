@@ -55,8 +55,9 @@ log = logging.getLogger("train_speed")
 
 # The paper's reference code, seconds per epoch by torch thread count, from issue 13's table: measured on
 # another machine, used only where no same-machine figure exists (``--reference-src`` measures one in the
-# run; benchmarks/reference_speed.py). On this project's 2-core VM the reference ran 2.4-2.6x slower than
-# these, this project's code 0.9-1.3x (benchmarks/RESULTS.md section 2d): ratios across machines mislead.
+# run; benchmarks/reference_speed.py). On this project's 2-core VM the reference ran 2.3x slower than these
+# with glibc's default allocator settings and about as fast with freed memory kept (MALLOC_MMAP_MAX_=0;
+# benchmarks/RESULTS.md section 2d): a ratio to another machine's figure misleads.
 ISSUE_REFERENCE_S_PER_EPOCH = {"ml100k": {2: 9.36, 1: 13.4}, "baby": {2: 42.2, 1: 61.6}}
 # Each mode's config: the two training modes, and batch-local with cached collaborative layers.
 MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"training_mode": "batch-local"},
@@ -180,6 +181,7 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
 def run_child(args: argparse.Namespace) -> dict:
     """One (scenario, mode) measurement in this process."""
     config = replace(DGMRecConfig(), seed=args.seed, **MODES[args.mode])
+    config = replace(config, batch_size=args.batch_size or config.batch_size)
     t0 = time.perf_counter()
     if args.child == "ml100k":
         from dgmrec_core.mmrec import load_mmrec
@@ -214,7 +216,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
         for mode in args.modes:
             cmd = [sys.executable, __file__, "--child", name, "--mode", mode, "--data", str(args.data),
                    "--epochs", str(args.epochs), "--batches", str(args.batches), "--threads", str(threads),
-                   "--seed", str(args.seed), "--device", args.device]
+                   "--seed", str(args.seed), "--device", args.device, "--batch-size", str(args.batch_size)]
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its log goes on to ours, live
             if proc.returncode:
                 log.error("%s %s failed (exit code %d): its log is above", name, mode, proc.returncode)
@@ -224,7 +226,7 @@ def run_all(args: argparse.Namespace) -> list[dict]:
                 references[name] = reference_figure(args, name, threads)
             reference, source = references[name]
             record = {"kind": "training", "benchmark": "benchmarks/train_speed.py", "dataset": name, "mode": mode,
-                      "threads": threads, "processes": 1,
+                      "threads": threads, "processes": 1, "batch_size": args.batch_size or DGMRecConfig().batch_size,
                       "seed": args.seed, **result, "reference_s_per_epoch": reference,
                       "reference_source": source, "allocator": allocator(),
                       "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M")}
@@ -273,6 +275,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5, help="batches timed on the generated catalogs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="BPR triples per batch (0: the config's, 2,048; the reference code trains with 4,096)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the model trains; "
                                                         "FAISS kNN graphs are built on the CPU either way")
     parser.add_argument("--reference-src", type=Path, help="the paper's reference code (its checkout's src folder): "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 
@@ -119,3 +120,25 @@ def test_train_speed_ratio_names_its_reference(fake_reference, monkeypatch) -> N
     monkeypatch.setattr(reference_speed, "WORK", fake_reference.parent / "work")
     args.reference_src = fake_reference
     assert train_speed.reference_figure(args, "baby", 1) == (3.0, "same run")
+
+
+def test_records_name_the_allocator_and_batch_size_and_differ_by_them(tmp_path, monkeypatch) -> None:
+    """The reference's time halves on this VM when glibc keeps freed memory: a record says which allocator
+    settings were in force, and a run under other settings or another batch size adds a record, not a
+    replacement."""
+    from benchmarks.scale_records import merge_records
+
+    for key in [k for k in list(os.environ) if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    assert reference_speed.allocator() == "glibc default"
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "0")
+    assert reference_speed.allocator() == "MALLOC_MMAP_MAX_=0"
+    base = {"kind": "training", "benchmark": "b", "dataset": "ml100k", "mode": "reference-code", "threads": 2,
+            "processes": 1, "seed": 0, "device": "cpu", "sec_per_epoch": 21.85}
+    path = tmp_path / "scale.json"
+    merge_records([base], path)  # an older record: no allocator, no batch size (the defaults)
+    merge_records([{**base, "allocator": "MALLOC_MMAP_MAX_=0", "sec_per_epoch": 10.25}], path)
+    merge_records([{**base, "batch_size": 4096, "sec_per_epoch": 2.0}], path)
+    assert sorted(r["sec_per_epoch"] for r in json.loads(path.read_text())) == [2.0, 10.25, 21.85]
+    merge_records([{**base, "allocator": "glibc default", "batch_size": 2048, "sec_per_epoch": 22.0}], path)
+    assert sorted(r["sec_per_epoch"] for r in json.loads(path.read_text())) == [2.0, 10.25, 22.0]
