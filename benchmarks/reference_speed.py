@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ SHARED_MMREC = ROOT.parent / "shared/data/movielens100k-posters/mmrec"
 WORK = ROOT / ".cache" / "reference-data"
 MODE = "reference-code"
 EPOCH_TIME = re.compile(r"epoch (\d+) training \[time: ([0-9.]+)s")
+BATCH_SIZE = re.compile(r"^train_batch_size\s*[=:]\s*(\d+)", re.MULTILINE)  # its config, as it logs it
 # Runs the reference's main.py with THREADS torch threads; without CUDA, Module.cuda() leaves a module
 # where it is (the reference builds its CLUB estimators with an unconditional .cuda()).
 LAUNCHER = """
@@ -119,12 +121,14 @@ def run_reference(src: Path, work: Path, name: str, threads: int, epochs: int, p
     started = time.time()
     proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True)
     logs = [p for p in (src / "log" / "DGMRec").glob(f"DGMRec-{name}-*.log") if p.stat().st_mtime >= started]
-    times = epoch_times(max(logs, key=lambda p: p.stat().st_mtime).read_text()) if logs else []
+    text = max(logs, key=lambda p: p.stat().st_mtime).read_text() if logs else ""
+    times, batch = epoch_times(text), BATCH_SIZE.search(text)
     if proc.returncode or len(times) < epochs:
         raise SystemExit(f"the reference run on {name} failed (exit code {proc.returncode}, {len(times)} of "
                          f"{epochs} epochs logged); its last output:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     steady = times[1:] if len(times) > 1 else times
-    return {"epoch_s": times, "sec_per_epoch": statistics.median(steady)}
+    return {"epoch_s": times, "sec_per_epoch": statistics.median(steady),
+            "batch_size": int(batch.group(1)) if batch else None}
 
 
 def reference_commit(src: Path) -> str | None:
@@ -134,11 +138,14 @@ def reference_commit(src: Path) -> str | None:
 
 def measure(src: Path, name: str, threads: int, epochs: int, work: Path | None = None, seed: int = 0,
             python: str = sys.executable) -> dict:
-    """One reference record: export ``name`` (once per work folder, default ``WORK``) and time the reference on it."""
-    work = work or WORK
+    """One reference record: export ``name`` (once, under ``work``, default ``WORK``) and time the reference on it."""
+    work = (work or WORK) / (name if name == "ml100k" else f"{name}-seed{seed}")  # generated data: by seed
     folder = work / name
-    if not (folder / f"{name}.inter").is_file():
-        export_mmrec(scenario_data(name, seed), folder, name)
+    if not folder.is_dir():  # exported whole into a new folder, then renamed: never a partial folder here
+        partial = work / f".{name}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
+        export_mmrec(scenario_data(name, seed), partial, name)
+        partial.rename(folder)
     result = run_reference(src, work, name, threads, epochs, python)
     log.info("reference code, %s, %d threads: %.2f s/epoch (epochs %s)", name, threads, result["sec_per_epoch"],
              ", ".join(f"{t:.1f}" for t in result["epoch_s"]))

@@ -68,7 +68,7 @@ MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"train
          "paper-exact-after": {"training_mode": "paper-exact", "gen_training": "after"},
          "batch-local-joint": {"training_mode": "batch-local", "gen_training": "joint"},
          "batch-local-after": {"training_mode": "batch-local", "gen_training": "after"},
-         # the paper's InfoNCE terms on 256 sampled anchors (docs/DESIGN.md, "Sampled InfoNCE anchors")
+         # the paper's InfoNCE terms on 256 sampled anchors (--nce-anchors; docs/DESIGN.md, "Other named deviations")
          "paper-exact-anchors": {"training_mode": "paper-exact", "nce_anchors": 256},
          "batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256}}
 

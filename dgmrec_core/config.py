@@ -126,7 +126,7 @@ class DGMRecConfig:
                                  "every distinct user or item of the batch against every other; N > 0 scores N "
                                  "of them, drawn uniformly, against every other (an unbiased estimate of the "
                                  "same loss and gradient on an N x distinct matrix; the generation chain keeps "
-                                 "every anchor; docs/DESIGN.md 'Sampled InfoNCE anchors')")
+                                 "every anchor; docs/DESIGN.md, 'Other named deviations')")
     seed: int = option(2024, "random seed of initialisation, sampling and masks")
 
     def __post_init__(self) -> None:

@@ -290,9 +290,13 @@ class GenerationMixin:
             self._calibration_pass = (self._pass_key(), inputs, moments)
 
     def _pass_key(self) -> tuple:
-        """What a generation pass depends on: the in-place version counters of every parameter and buffer (any
-        optimiser step, load or write into a tensor moves one) and the rows of each chunk."""
-        versions = tuple(t._version for t in (*self.parameters(), *self.buffers()))
+        """What a generation pass depends on: every parameter but the CLUB estimators' (which paper-exact training
+        steps between an epoch's end and the next one's generation) and every buffer, as its storage and its
+        in-place version counter (any optimiser step, load or write into a tensor moves the counter; a tensor
+        put in another's place has other storage), and the rows of each chunk."""
+        estimators = {id(p) for p in self.estimator_parameters()}
+        tensors = [*(p for p in self.parameters() if id(p) not in estimators), *self.buffers()]
+        versions = tuple((t.data_ptr(), t._version) for t in tensors)
         return versions, tuple((rows.start, rows.stop) for rows in self._generation_chunks())
 
     def _unchanged_calibration_pass(self) -> tuple[GenerationInputs, tuple] | None:

@@ -116,7 +116,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         """Load the features (imputed) and build every graph from ``dataset``'s training split; ``take_features``:
         the feature buffers are the data's own arrays where they can be (docs/DESIGN.md, "Batch-local training")."""
         super().attach(dataset, knn_fn)
-        self._cache = None
+        self._cache, self._calibration_pass = None, None
         with torch.no_grad():
             self.observed.copy_(torch.as_tensor(dataset.observed))
             for m, mod in enumerate(dataset.modalities):
@@ -132,7 +132,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                                                              ).to_sparse_csr()
 
     def load_graph_state(self, state: dict) -> None:
-        self._mean_filters, self._cache = None, None
+        self._mean_filters, self._cache, self._calibration_pass = None, None, None
         super().load_graph_state(state)
 
     # --------------------------------------------------------- representations

@@ -30,6 +30,7 @@ FAKE_MAIN = textwrap.dedent('''
         print("no such file: " + cfg["data_path"]); sys.exit(1)
     os.makedirs("log/DGMRec", exist_ok=True)
     with open(f"log/DGMRec/DGMRec-{a.dataset}-Dec-04.log", "w") as f:
+        f.write("train_batch_size=4096\\n")
         for e, t in zip(range(cfg["epochs"]), [9.0, 2.0, 4.0, 3.0]):
             f.write(f"Fri 04 Dec 2026 INFO epoch {e} training [time: {t:.2f}s, train loss: 1.0]\\n")
     cuda_safe = torch.nn.Module().cuda() is not None
@@ -75,7 +76,9 @@ def test_a_run_takes_the_median_of_the_epochs_after_the_first(fake_reference, tm
     assert record["epoch_s"] == [9.0, 2.0, 4.0, 3.0]
     assert record["sec_per_epoch"] == 3.0  # epochs 2-4; the first (9 s) is left out
     assert (record["mode"], record["dataset"], record["threads"]) == ("reference-code", "ml100k", 1)
-    assert (tmp_path / "work" / "ml100k" / "ml100k.inter").is_file()
+    assert record["batch_size"] == 4096  # the reference's own, from its log
+    assert (tmp_path / "work" / "ml100k" / "ml100k" / "ml100k.inter").is_file()
+    assert not list((tmp_path / "work" / "ml100k").glob(".*partial*"))
 
 
 def test_the_launch_sets_threads_data_and_cpu(fake_reference, tmp_path, monkeypatch) -> None:
