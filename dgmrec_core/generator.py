@@ -278,16 +278,22 @@ class GenerationMixin:
         return (x - gen_mean) / gen_std * real_std + real_mean
 
     @torch.no_grad()
-    def update_calibration(self) -> None:
+    def update_calibration(self, *, keep_pass: bool = False) -> None:
         """Fit the calibration of the contrastive generator: per modality, the mean and spread of what it
-        generates for items with a source modality observed, and those of the real (observed) rows. The pass
-        is kept for ``generate_missing`` while no weight or buffer changes (``_pass_key``): the next
-        epoch's generation, after validation, reuses it instead of repeating it."""
+        generates for items with a source modality observed, and those of the real (observed) rows.
+        ``keep_pass`` (an epoch's end): the pass is kept for the next ``generate_missing`` while nothing it
+        reads changes (``_pass_key``), so the next epoch's generation, after validation, reuses it."""
         if self.contrastive:
-            inputs = self._generation_inputs()
-            moments = self._raw_moments(inputs)
-            self._fit_calibration(moments[1])
-            self._calibration_pass = (self._pass_key(), inputs, moments)
+            calibrated = self._calibrated_pass()
+            if keep_pass:
+                self._calibration_pass = (self._pass_key(), *calibrated)
+
+    def _calibrated_pass(self) -> tuple[GenerationInputs, tuple]:
+        """One generation pass's inputs and moments (``_raw_moments``), the calibration fitted on them."""
+        inputs = self._generation_inputs()
+        moments = self._raw_moments(inputs)
+        self._fit_calibration(moments[1])
+        return inputs, moments
 
     def _pass_key(self) -> tuple:
         """What a generation pass depends on: every parameter but the CLUB estimators' (which paper-exact training
@@ -318,14 +324,8 @@ class GenerationMixin:
     def generate_missing(self) -> None:
         """Write generated features into the rows of items missing each modality, chunk by chunk (the
         contrastive generator's calibration is fitted first, on the same weights)."""
-        if self.contrastive:
-            kept = self._unchanged_calibration_pass()
-            if kept is None:
-                inputs = self._generation_inputs()
-                moments = self._raw_moments(inputs)
-                self._fit_calibration(moments[1])
-            else:  # update_calibration's pass on these very weights: the same rows, the same calibration
-                inputs, moments = kept
+        if self.contrastive:  # the epoch's end's pass when made on these very weights: the same rows and calibration
+            inputs, moments = self._unchanged_calibration_pass() or self._calibrated_pass()
             chunks = self._calibrated_chunks(inputs, moments)
         else:
             inputs = self._generation_inputs()

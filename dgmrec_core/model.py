@@ -339,8 +339,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, targets: RowTargets) -> torch.Tensor:
         """MSE of decoder_m(perturbed, detached [g, s]) against the features of ``targets``' rows (``decoded_mse``:
         no decoded row)."""
-        rows = targets.rows
-        z = perturb(torch.cat([g[rows].detach(), s[rows].detach()], dim=1))
+        z = perturb(torch.cat([g[targets.rows].detach(), s[targets.rows].detach()], dim=1))
         return decoded_mse(self.decoder[m], z, targets.targets)
 
     # --------------------------------------------------- per-epoch procedures
@@ -364,10 +363,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
     def end_epoch(self) -> None:
         """Fit the generator's calibration, so a saved state generates as its weights say."""
         self._cache = None
-        self.update_calibration()
+        self.update_calibration(keep_pass=True)
 
     def finish_training(self, seed: int) -> None:
-        """The generation refit on the restored best state (recommendation scores unchanged)."""
+        """The generation refit on the restored best state (scores unchanged); the last kept generation pass let go."""
+        self._calibration_pass = None
         if self.config.generation and self.config.gen_refit_steps:
             self.refit_generation(self.config.gen_refit_steps, seed=seed)
 

@@ -95,11 +95,17 @@ def test_a_changed_weight_makes_generation_pass_again(monkeypatch) -> None:
     passes = []
     real = model._raw_moments
     monkeypatch.setattr(model, "_raw_moments", lambda inputs: passes.append(1) or real(inputs))
-    model.update_calibration()
+    model.update_calibration(keep_pass=True)
     model.generate_missing()  # nothing changed: update_calibration's pass is reused
     assert len(passes) == 1
-    model.update_calibration()
+    model.update_calibration(keep_pass=True)
     with torch.no_grad():
         model.decoder[0].weight.add_(0.01)  # an optimiser step, say
     model.generate_missing()
     assert len(passes) == 3
+    model.update_calibration()  # a calibration outside an epoch's end (the refit's) keeps nothing
+    model.generate_missing()
+    assert len(passes) == 5
+    model.update_calibration(keep_pass=True)
+    model.finish_training(seed=0)  # training over: the kept pass is let go
+    assert model._calibration_pass is None
