@@ -64,6 +64,8 @@ MODELS = {
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "dgmrec-anchors": {"nce_anchors": 256},  # the paper's InfoNCE terms on 256 sampled anchors (unbiased, cheaper)
     "dgmrec-batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256},
+    "dgmrec-bf16-features": {"bf16_features": True},  # the wide feature products in bfloat16
+    "dgmrec-bf16": {"bf16_features": True, "bf16_logits": True},  # and the InfoNCE similarity products
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
     "dgmrec-after": {"gen_training": "after"},  # the paper's training, the contrastive generator fitted after

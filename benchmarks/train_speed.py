@@ -70,7 +70,13 @@ MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"train
          "batch-local-after": {"training_mode": "batch-local", "gen_training": "after"},
          # the paper's InfoNCE terms on 256 sampled anchors (--nce-anchors; docs/DESIGN.md, "Other named deviations")
          "paper-exact-anchors": {"training_mode": "paper-exact", "nce_anchors": 256},
-         "batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256}}
+         "batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256},
+         # the wide feature products, and with -bf16 also the InfoNCE logits, in bfloat16 (--bf16-features,
+         # --bf16-logits; docs/DESIGN.md, "Other named deviations")
+         "paper-exact-bf16-features": {"training_mode": "paper-exact", "bf16_features": True},
+         "batch-local-bf16-features": {"training_mode": "batch-local", "bf16_features": True},
+         "paper-exact-bf16": {"training_mode": "paper-exact", "bf16_features": True, "bf16_logits": True},
+         "batch-local-bf16": {"training_mode": "batch-local", "bf16_features": True, "bf16_logits": True}}
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def local_parts(model, cache: PropagationCache, batch: LocalBatch) -> tuple[Part
     user_items = csr_rows(model.graphs["user_mean"], batch.users)
     user_block = column_block(user_items, items)
     for m in range(model.n_modalities):
-        x = model.features(m)[items]
+        x = model.training_rows(m, items)
         g, s = model.encoded(m, x)
         f = sparse_product(item_users, model.user_filter(m))
         graph_rows = csr_rows(model.graphs[f"mm_{m}"], items)

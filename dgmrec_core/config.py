@@ -122,6 +122,10 @@ class DGMRecConfig:
     bf16_logits: bool = option(False, "compute the InfoNCE similarity products in bfloat16 (off, the default: "
                                       "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
                                       "new shape grows oneDNN's primitive cache)")
+    bf16_features: bool = option(False, "training batches multiply the raw feature rows with the encoders' and "
+                                        "decoders' weights in bfloat16, from a bfloat16 copy of the rows made "
+                                        "once per epoch (docs/DESIGN.md, 'Other named deviations'); generation, "
+                                        "validation and search stay float32")
     nce_anchors: int = option(0, "anchors of the paper's InfoNCE alignment terms per batch: 0 (the paper) scores "
                                  "every distinct user or item of the batch against every other; N > 0 scores N "
                                  "of them, drawn uniformly, against every other (an unbiased estimate of the "
@@ -153,6 +157,9 @@ class DGMRecConfig:
                 bound = f"> {low}" if strict else f">= {low}"
                 raise DataError(None, f"config option {name} (--{name.replace('_', '-')}) must be {bound}, "
                                       f"got {value!r}")
+        if self.bf16_features and self.train_features:
+            raise DataError(None, "config options bf16_features (--bf16-features) and train_features "
+                                  "(--train-features) exclude each other: trained rows have no bfloat16 copy")
         if self.avg_lambda > 1:
             raise DataError(None, f"config option avg_lambda (--avg-lambda) must be in [0, 1], got {self.avg_lambda!r}")
 

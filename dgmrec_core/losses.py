@@ -132,8 +132,12 @@ class DecoderTargets(NamedTuple):
     width: int
 
     @classmethod
-    def of(cls, layer: nn.Linear, x: torch.Tensor) -> "DecoderTargets":
-        return cls(x @ layer.weight, x @ layer.bias, (x * x).sum(1), x.shape[1])
+    def of(cls, layer: nn.Linear, x: torch.Tensor, sq: torch.Tensor | None = None) -> "DecoderTargets":
+        """``sq``: the rows' squared norms where already known. Rows in a lower precision than the layer
+        (``config.bf16_features``) are multiplied in theirs; the products come back in the layer's."""
+        dtype = layer.weight.dtype
+        xw, xb = (x @ layer.weight.to(x.dtype)).to(dtype), (x @ layer.bias.to(x.dtype)).to(dtype)
+        return cls(xw, xb, (x * x).sum(1, dtype=dtype) if sq is None else sq, x.shape[1])
 
     def rows(self, index: torch.Tensor) -> "DecoderTargets":
         return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width)

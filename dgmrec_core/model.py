@@ -14,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import batch_local
+from . import batch_local, epoch_work
 from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute, shareable
+from .feature_rows import FeatureRows
 from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
-from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph, normalised_knn, refresh_rows
+from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph
 from .lightgcn import LightGCN, Parts
 from .losses import CLUB, DecoderTargets, RowGroups, RowTargets, bpr_loss, decoded_mse, info_nce, l2_norms, perturb
 
@@ -70,6 +71,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         self._mean_filters: list[torch.Tensor] | None = None
         self._calibration_pass: tuple | None = None  # generator.update_calibration's last pass, while still valid
         self._cache: batch_local.PropagationCache | None = None
+        self._rows = FeatureRows()  # the squared norms and bfloat16 copies training batches read
 
     # ----------------------------------------------------------------- set-up
     def pair_key(self, src: int, dst: int) -> str:
@@ -81,6 +83,13 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
 
     def features(self, m: int) -> torch.Tensor:
         return getattr(self, f"feat_{m}")
+
+    def training_rows(self, m: int, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The feature rows ``items`` (all when None) as training reads them: from the bfloat16 copy with
+        ``config.bf16_features`` while training, else the rows themselves."""
+        if self.config.bf16_features and self.training:
+            return self._rows.bf16(m, self.features(m), items)
+        return self.features(m) if items is None else self.features(m)[items]
 
     @property
     def contrastive(self) -> bool:
@@ -149,7 +158,8 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         both encoders' weights: the wide rows are read once, forward and backward."""
         d = self.config.embedding_size
         enc_g, enc_s = self.enc_general[m], self.enc_specific[m]
-        out = x @ torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
+        w = torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
+        out = (x @ w.to(x.dtype)).to(w.dtype)  # rows in bfloat16 (config.bf16_features): the product in theirs
         return self._general_head(out[:, :d] + enc_g.bias), torch.sigmoid(out[:, d:] + enc_s.bias)
 
     def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:
@@ -211,7 +221,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         if self.config.untrained_items == "content-neighbours":
             e_i = self.content_neighbour_ids(e_i)
         M = range(self.n_modalities)
-        x = [self.features(m) for m in M]
+        x = [self.training_rows(m) for m in M]
         g, s = (list(parts) for parts in zip(*(self.encoded(m, x[m]) for m in M)))
         f = self.item_filters()
         gf = [self.propagate(m, f[m] * g[m]) for m in M]
@@ -301,7 +311,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
                 if a < b:
                     inter = inter + nce(p.g[a][both], p.g[b][both], c.inter_modal_temp)
                     inter = inter + nce(p.gu[a], p.gu[b], c.inter_modal_temp, U, U)
-        means = [p.x[a][batch_items[obs[:, a]]].mean(0) if obs[:, a].any() else None for a in range(M)]
+        means = [p.x[a][batch_items[obs[:, a]]].float().mean(0) if obs[:, a].any() else None for a in range(M)]
         # (the preference chain reads f detached: it teaches generation to use the users' preference, and must
         # not bend the user embeddings toward content, which costs recommendation)
         for m in range(M):
@@ -334,7 +344,8 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         rows = all_rows[self.observed[item(all_rows), m]] if self.raw_generation else all_rows
         position = torch.full_like(all_rows, -1)
         position[rows] = torch.arange(len(rows), device=x.device)
-        return RowTargets(rows, position, DecoderTargets.of(self.decoder[m], x[rows]))
+        sq = None if self.config.train_features else self._rows.squared_norms(m, self.features(m), item(rows))
+        return RowTargets(rows, position, DecoderTargets.of(self.decoder[m], x[rows], sq))
 
     def _recon(self, m: int, g: torch.Tensor, s: torch.Tensor, targets: RowTargets) -> torch.Tensor:
         """MSE of decoder_m(perturbed, detached [g, s]) against the features of ``targets``' rows (``decoded_mse``:
@@ -351,14 +362,14 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         whole-catalog forward pass)."""
         c = self.config
         if not self.batch_local:
-            self.club_step(estimator_optimizer, c.club_steps)
+            epoch_work.club_step(self, estimator_optimizer, c.club_steps)
         if c.generation:
             self.generate_missing()
             if (epoch + 1) % c.refresh_every == 0:
-                self.refresh_graphs(knn_fn)
+                epoch_work.refresh_graphs(self, knn_fn)
         self._cache = batch_local.fill_cache(self) if self.batch_local else None
         if self._cache is not None:
-            self.club_step(estimator_optimizer, c.club_steps, self._cache.propagated())
+            epoch_work.club_step(self, estimator_optimizer, c.club_steps, self._cache.propagated())
 
     def end_epoch(self) -> None:
         """Fit the generator's calibration, so a saved state generates as its weights say."""
@@ -366,35 +377,9 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         self.update_calibration(keep_pass=True)
 
     def finish_training(self, seed: int) -> None:
-        """The generation refit on the restored best state (scores unchanged); the last kept generation pass let go."""
+        """The generation refit on the restored best state (scores unchanged); the last kept generation pass and
+        the training rows' copies let go."""
         self._calibration_pass = None
+        self._rows.clear()
         if self.config.generation and self.config.gen_refit_steps:
             self.refit_generation(self.config.gen_refit_steps, seed=seed)
-
-    def club_step(self, optimizer: torch.optim.Optimizer, steps: int, parts: tuple[list, list] | None = None,
-                  sample: int = 2048) -> float:
-        """Fit the CLUB estimators on (specific, general) pairs of random items; returns the last loss.
-        ``parts``: the propagated (general, specific) parts per modality (a whole-catalog pass when None)."""
-        if parts is None:
-            with torch.no_grad():
-                p = self.forward_parts()
-            parts = (p.gf, p.sf)
-        gf, sf = parts
-        loss = torch.zeros(())
-        for _ in range(steps):
-            idx = torch.randperm(self.n_items)[:sample]
-            loss = sum(self.club[m].learning_loss(sf[m][idx], gf[m][idx]) for m in range(self.n_modalities))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def refresh_graphs(self, knn_fn: KnnFn = chunked_cosine_knn) -> None:
-        """Blend the kNN rows of generated items towards a graph rebuilt on the current features."""
-        for m in range(self.n_modalities):
-            idx, sims = knn_fn(self.features(m), self.config.knn_k)
-            rebuilt = normalised_knn(idx, sims)
-            rows = torch.nonzero(~self.observed[:, m]).squeeze(1)
-            old = self.graphs[f"mm_{m}"].to_sparse_coo().coalesce()
-            self.graphs[f"mm_{m}"] = refresh_rows(old, rebuilt, rows, self.config.avg_lambda).to_sparse_csr()
