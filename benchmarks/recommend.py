@@ -42,6 +42,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
+from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
 from dgmrec_core.distributed import resolve_device  # noqa: E402
 from dgmrec_core.errors import DataError  # noqa: E402
@@ -64,8 +65,11 @@ MODELS = {
     "dgmrec-batch-local-cached": {"training_mode": "batch-local", "cf_propagation": "cached"},  # and cached CF layers
     "dgmrec-anchors": {"nce_anchors": 256},  # the paper's InfoNCE terms on 256 sampled anchors (unbiased, cheaper)
     "dgmrec-batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256},
-    "dgmrec-bf16-features": {"bf16_features": True},  # the wide feature products in bfloat16
-    "dgmrec-bf16": {"bf16_features": True, "bf16_logits": True},  # and the InfoNCE similarity products
+    # the training batches' products with the raw feature rows in bfloat16 / float32 (the default, 'auto', picks
+    # by hardware: every record names what it used, "feature_precision"), and with the InfoNCE products too
+    "dgmrec-bf16-features": {"feature_precision": "bfloat16"},
+    "dgmrec-float32-features": {"feature_precision": "float32"},
+    "dgmrec-bf16": {"feature_precision": "bfloat16", "bf16_logits": True},
     "lightgcn": {"use_modalities": False},
     "no-generation": {"generation": False},
     "dgmrec-after": {"gen_training": "after"},  # the paper's training, the contrastive generator fitted after
@@ -337,6 +341,9 @@ def main() -> None:
             record["device"] = str(resolve_device(args.device))  # as train_speed.py names it; absent: the CPU
             record["stop_rising_sigmas"] = base.stop_rising_sigmas  # absent: the reference rule alone (0)
             record["stop_trend_windows"] = list(trend_windows(base.patience))  # absent: [patience] (2004a63)
+            config = replace(base, **MODELS[model])  # absent: float32 (before 'auto', the only precision)
+            bf16 = bf16_pays(config.feature_precision, resolve_device(args.device))
+            record["feature_precision"] = "bfloat16" if bf16 else "float32"
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])

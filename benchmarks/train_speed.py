@@ -47,6 +47,7 @@ from benchmarks.reference_speed import allocator  # noqa: E402
 from benchmarks.scale_records import merge_records  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset, Modality  # noqa: E402
+from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
 from dgmrec_core.graphs import chunked_cosine_knn  # noqa: E402
 from dgmrec_core.interactions import build_interactions  # noqa: E402
 from dgmrec_core.masking import make_missing_mask  # noqa: E402
@@ -71,12 +72,12 @@ MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"train
          # the paper's InfoNCE terms on 256 sampled anchors (--nce-anchors; docs/DESIGN.md, "Other named deviations")
          "paper-exact-anchors": {"training_mode": "paper-exact", "nce_anchors": 256},
          "batch-local-anchors": {"training_mode": "batch-local", "nce_anchors": 256},
-         # the wide feature products, and with -bf16 also the InfoNCE logits, in bfloat16 (--bf16-features,
+         # the wide feature products, and with -bf16 also the InfoNCE logits, in bfloat16 (--feature-precision bfloat16,
          # --bf16-logits; docs/DESIGN.md, "Other named deviations")
-         "paper-exact-bf16-features": {"training_mode": "paper-exact", "bf16_features": True},
-         "batch-local-bf16-features": {"training_mode": "batch-local", "bf16_features": True},
-         "paper-exact-bf16": {"training_mode": "paper-exact", "bf16_features": True, "bf16_logits": True},
-         "batch-local-bf16": {"training_mode": "batch-local", "bf16_features": True, "bf16_logits": True}}
+         "paper-exact-bf16-features": {"training_mode": "paper-exact", "feature_precision": "bfloat16"},
+         "batch-local-bf16-features": {"training_mode": "batch-local", "feature_precision": "bfloat16"},
+         "paper-exact-bf16": {"training_mode": "paper-exact", "feature_precision": "bfloat16", "bf16_logits": True},
+         "batch-local-bf16": {"training_mode": "batch-local", "feature_precision": "bfloat16", "bf16_logits": True}}
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,8 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
 
 def run_child(args: argparse.Namespace) -> dict:
     """One (scenario, mode) measurement in this process."""
-    config = replace(DGMRecConfig(), seed=args.seed, **MODES[args.mode])
+    # float32 unless the mode names bfloat16: the modes measure what they always measured ('auto' picks by hardware)
+    config = replace(DGMRecConfig(), seed=args.seed, feature_precision="float32", **MODES[args.mode])
     config = replace(config, batch_size=args.batch_size or config.batch_size)
     t0 = time.perf_counter()
     if args.child == "ml100k":
@@ -210,7 +212,9 @@ def run_child(args: argparse.Namespace) -> dict:
         from benchmarks.knn import faiss_knn
 
         out = measure(dataset, config, 1, args.batches, faiss_knn, args.device)
-    return {**out, "data_s": data_s, "train_interactions": int(len(dataset.interactions.train))}
+    precision = "bfloat16" if bf16_pays(config.feature_precision, torch.device(out["device"])) else "float32"
+    return {**out, "data_s": data_s, "train_interactions": int(len(dataset.interactions.train)),
+            "feature_precision": precision}
 
 
 def run_all(args: argparse.Namespace) -> list[dict]:

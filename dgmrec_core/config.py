@@ -122,10 +122,12 @@ class DGMRecConfig:
     bf16_logits: bool = option(False, "compute the InfoNCE similarity products in bfloat16 (off, the default: "
                                       "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
                                       "new shape grows oneDNN's primitive cache)")
-    bf16_features: bool = option(False, "training batches multiply the raw feature rows with the encoders' and "
-                                        "decoders' weights in bfloat16, from a bfloat16 copy of the rows made "
-                                        "once per epoch (docs/DESIGN.md, 'Other named deviations'); generation, "
-                                        "validation and search stay float32")
+    feature_precision: str = option("auto", "precision of the training batches' products with the raw feature "
+                                            "rows (encoders and decoder targets): 'bfloat16' reads them from a "
+                                            "bfloat16 copy made once per epoch, 'float32' the rows themselves, "
+                                            "'auto' (the default) bfloat16 on a CPU with bfloat16 units "
+                                            "(AVX512-BF16 or AMX), else float32 (docs/DESIGN.md, 'Other named "
+                                            "deviations'); generation, validation and search stay float32")
     nce_anchors: int = option(0, "anchors of the paper's InfoNCE alignment terms per batch: 0 (the paper) scores "
                                  "every distinct user or item of the batch against every other; N > 0 scores N "
                                  "of them, drawn uniformly, against every other (an unbiased estimate of the "
@@ -139,7 +141,8 @@ class DGMRecConfig:
                    "gen_training": ("joint", "after"),
                    "fusion": ("paper", "gated"),
                    "untrained_items": ("content-neighbours", "paper"),
-                   "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached")}
+                   "training_mode": ("paper-exact", "batch-local", "auto"), "cf_propagation": ("exact", "cached"),
+                   "feature_precision": ("auto", "float32", "bfloat16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise DataError(None, f"config option {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -157,9 +160,10 @@ class DGMRecConfig:
                 bound = f"> {low}" if strict else f">= {low}"
                 raise DataError(None, f"config option {name} (--{name.replace('_', '-')}) must be {bound}, "
                                       f"got {value!r}")
-        if self.bf16_features and self.train_features:
-            raise DataError(None, "config options bf16_features (--bf16-features) and train_features "
-                                  "(--train-features) exclude each other: trained rows have no bfloat16 copy")
+        if self.feature_precision == "bfloat16" and self.train_features:
+            raise DataError(None, "config options feature_precision bfloat16 (--feature-precision) and "
+                                  "train_features (--train-features) exclude each other: trained rows have no "
+                                  "bfloat16 copy")
         if self.avg_lambda > 1:
             raise DataError(None, f"config option avg_lambda (--avg-lambda) must be in [0, 1], got {self.avg_lambda!r}")
 
@@ -193,7 +197,7 @@ class DGMRecConfig:
 
 # Options whose default changed after they were added, or that were added to name what an older version did:
 # their behaviour before they existed (a checkpoint without the key was trained that way).
-PREDATED: dict[str, Any] = {"gen_training": "joint", "stop_rising_sigmas": 0.0}
+PREDATED: dict[str, Any] = {"gen_training": "joint", "stop_rising_sigmas": 0.0, "feature_precision": "float32"}
 
 
 def with_predated(saved: dict[str, Any]) -> dict[str, Any]:

@@ -122,25 +122,40 @@ class CLUB(nn.Module):
         return (positive - negative).mean() / 2
 
 
+class DecoderGram(NamedTuple):
+    """What |layer(z)|^2 needs of a linear decoder of weight W (D, d_in) and bias b: W^T W, W^T b and b . b."""
+
+    ww: torch.Tensor
+    wb: torch.Tensor
+    bb: torch.Tensor
+
+    @classmethod
+    def of(cls, layer: nn.Linear) -> "DecoderGram":
+        weight, bias = layer.weight, layer.bias
+        return cls(weight.T @ weight, weight.T @ bias, bias @ bias)
+
+
 class DecoderTargets(NamedTuple):
     """Real feature rows x (n, D) as the decoder losses read them: ``x W`` (n, d_in) for a linear decoder
-    of weight W (D, d_in), ``x . b`` (n,) for its bias b, ``|x|^2`` (n,) and the width D."""
+    of weight W (D, d_in), ``x . b`` (n,) for its bias b, ``|x|^2`` (n,), the width D, and the decoder's
+    ``DecoderGram``: made once, read by every decoder loss of a batch on the same decoder."""
 
     xw: torch.Tensor
     xb: torch.Tensor
     sq: torch.Tensor
     width: int
+    gram: DecoderGram
 
     @classmethod
     def of(cls, layer: nn.Linear, x: torch.Tensor, sq: torch.Tensor | None = None) -> "DecoderTargets":
         """``sq``: the rows' squared norms where already known. Rows in a lower precision than the layer
-        (``config.bf16_features``) are multiplied in theirs; the products come back in the layer's."""
+        (``config.feature_precision``) are multiplied in theirs; the products come back in the layer's."""
         dtype = layer.weight.dtype
         xw, xb = (x @ layer.weight.to(x.dtype)).to(dtype), (x @ layer.bias.to(x.dtype)).to(dtype)
-        return cls(xw, xb, (x * x).sum(1, dtype=dtype) if sq is None else sq, x.shape[1])
+        return cls(xw, xb, (x * x).sum(1, dtype=dtype) if sq is None else sq, x.shape[1], DecoderGram.of(layer))
 
     def rows(self, index: torch.Tensor) -> "DecoderTargets":
-        return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width)
+        return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width, self.gram)
 
 
 @dataclass(frozen=True)
@@ -159,10 +174,9 @@ def _targets(layer: nn.Linear, x: torch.Tensor | DecoderTargets) -> DecoderTarge
     return x if isinstance(x, DecoderTargets) else DecoderTargets.of(layer, x)
 
 
-def _decoded_norms(layer: nn.Linear, z: torch.Tensor) -> torch.Tensor:
-    """|layer(z_i)|^2 per row, from W^T W and W^T b (no decoded row)."""
-    weight, bias = layer.weight, layer.bias
-    return ((z @ (weight.T @ weight)) * z).sum(1) + 2 * (z @ (weight.T @ bias)) + bias @ bias
+def _decoded_norms(gram: DecoderGram, z: torch.Tensor) -> torch.Tensor:
+    """|layer(z_i)|^2 per row, from the layer's W^T W and W^T b (no decoded row)."""
+    return ((z @ gram.ww) * z).sum(1) + 2 * (z @ gram.wb) + gram.bb
 
 
 def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTargets) -> torch.Tensor:
@@ -172,7 +186,7 @@ def decoded_mse(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTarg
     if z.shape[0] == 0:
         return z.new_zeros(())
     t = _targets(layer, x)
-    squared_error = _decoded_norms(layer, z) - 2 * ((z * t.xw).sum(1) + t.xb) + t.sq
+    squared_error = _decoded_norms(t.gram, z) - 2 * ((z * t.xw).sum(1) + t.xb) + t.sq
     return squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)
 
 
@@ -192,7 +206,7 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
         return z.new_zeros(())
     if z.shape[0] != t.xw.shape[0]:
         raise ValueError(f"decoded_match needs as many positives as anchors, got {z.shape[0]} and {t.xw.shape[0]}")
-    sq_norm = _decoded_norms(layer, z)
+    sq_norm = _decoded_norms(t.gram, z)
     row_scale = 1 / (sq_norm.clamp_min(0).sqrt().clamp_min(1e-12) * temperature)  # 1 / (|layer(z_i)| t)
     # (i, j): layer(z_i) . x_j / (|layer(z_i)| |x_j| t), one product of the rows [z_i, 1] / (|layer(z_i)| t)
     # with the rows [x_j W, x_j . b] / |x_j|: no elementwise pass over the (n, n) logits

@@ -18,7 +18,7 @@ from . import batch_local, epoch_work
 from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute, shareable
-from .feature_rows import FeatureRows
+from .feature_rows import FeatureRows, bf16_pays
 from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph
@@ -85,9 +85,10 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         return getattr(self, f"feat_{m}")
 
     def training_rows(self, m: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The feature rows ``items`` (all when None) as training reads them: from the bfloat16 copy with
-        ``config.bf16_features`` while training, else the rows themselves."""
-        if self.config.bf16_features and self.training:
+        """The feature rows ``items`` (all when None) as training reads them: from the bfloat16 copy while
+        training where ``config.feature_precision`` says so (``feature_rows.bf16_pays``), else the rows."""
+        c = self.config
+        if self.training and not c.train_features and bf16_pays(c.feature_precision, self.features(m).device):
             return self._rows.bf16(m, self.features(m), items)
         return self.features(m) if items is None else self.features(m)[items]
 
@@ -159,7 +160,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         d = self.config.embedding_size
         enc_g, enc_s = self.enc_general[m], self.enc_specific[m]
         w = torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
-        out = (x @ w.to(x.dtype)).to(w.dtype)  # rows in bfloat16 (config.bf16_features): the product in theirs
+        out = (x @ w.to(x.dtype)).to(w.dtype)  # rows in bfloat16 (config.feature_precision): the product in theirs
         return self._general_head(out[:, :d] + enc_g.bias), torch.sigmoid(out[:, d:] + enc_s.bias)
 
     def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:

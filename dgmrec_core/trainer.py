@@ -20,6 +20,7 @@ from .checkpoint import (compact_state, dataset_fingerprint, model_shape, model_
 from .config import DGMRecConfig, with_predated
 from .data import Dataset, Interactions
 from .errors import DataError
+from .feature_rows import bf16_pays
 from .graphs import KnnFn, chunked_cosine_knn
 from .metrics import evaluate_ranking
 from .stopping import should_stop
@@ -180,6 +181,10 @@ class TrainingRun:
         self.saved = False  # whether a checkpoint was written
         if ctx.distributed and ctx.is_main:
             log.info("training data-parallel: each batch of %d split over %d processes", config.batch_size, ctx.world)
+        if config.use_modalities and ctx.is_main and bf16_pays(config.feature_precision, ctx.device) \
+                and not config.train_features:
+            log.info("training batches read the feature rows in bfloat16 (--feature-precision %s; float32: "
+                     "--feature-precision float32)", config.feature_precision)
 
     def resume(self) -> None:
         """Continue from the checkpoint (every rank reads the same file)."""
