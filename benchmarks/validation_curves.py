@@ -1,6 +1,7 @@
 """Plot LightGCN's and DGMRec's validation Recall@20 against epoch from benchmarks/results/recommend.json.
 
     python benchmarks/validation_curves.py [--results benchmarks/results/recommend.json] [--out PNG]
+                                           [--models lightgcn dgmrec]
 
 One panel per (dataset, setting) in the results; one line per seed, a dot at each run's best epoch.
 """
@@ -22,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 from dgmrec_core.atomic import atomic_path  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-COLOURS = {"lightgcn": "tab:gray", "dgmrec": "tab:blue", "dgmrec-batch-local": "tab:orange"}
+COLOURS = {"lightgcn": "tab:gray", "dgmrec": "tab:blue", "dgmrec-batch-local": "tab:orange",
+           "dgmrec-bf16-features": "tab:red"}
 
 
 def plot_validation_curves(records: list[dict], out: Path, models: tuple[str, ...] = ("lightgcn", "dgmrec")) -> Path:
@@ -70,8 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS / "recommend.json")
     parser.add_argument("--out", type=Path, default=RESULTS / "validation_curves.png")
+    parser.add_argument("--models", nargs="+", default=["lightgcn", "dgmrec"], help="the models whose runs are drawn")
     args = parser.parse_args()
-    print(plot_validation_curves(json.loads(args.results.read_text()), args.out))
+    print(plot_validation_curves(json.loads(args.results.read_text()), args.out, tuple(args.models)))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from dgmrec_core.graphs import column_block, csr_rows
 from dgmrec_core.lightgcn import build_model
 from dgmrec_core.trainer import NegativeSampler, fit
 
-FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7)
+# float32 rows: these tests compare the batch-local estimator with the whole-catalog one to float rounding
+# (bfloat16 rows, 'auto' on a CPU with bfloat16 units, are compared with float32 in tests/test_feature_rows.py)
+FAST = DGMRecConfig(epochs=4, batch_size=128, patience=50, knn_k=5, refresh_every=2, seed=7,
+                    feature_precision="float32")
 
 
 def _model(config: DGMRecConfig = FAST):

@@ -141,7 +141,7 @@ def test_a_single_modality_trains_and_generates(generator: str) -> None:
 
 def test_paper_generator_reproduces_the_outputs_of_the_code_before_the_new_default() -> None:
     """--generator paper gives, to float rounding, what the code gave before the contrastive generator
-    existed (values pinned from commit 77cee5e with this toy run and one thread)."""
+    existed (values pinned from commit 77cee5e with this toy run, one thread and float32 feature rows)."""
     from conftest import make_toy_dataset
 
     threads = torch.get_num_threads()
@@ -149,7 +149,7 @@ def test_paper_generator_reproduces_the_outputs_of_the_code_before_the_new_defau
     try:
         dataset = make_toy_dataset(n_users=30, n_items=40, dims=(12, 8), seed=5)
         config = DGMRecConfig(generator="paper", eval_every=1, epochs=3, batch_size=64, patience=50, knn_k=4,
-                              refresh_every=2, seed=11, embedding_size=16)
+                              refresh_every=2, seed=11, embedding_size=16, feature_precision="float32")
         result = fit(dataset, config, progress=False)
     finally:
         torch.set_num_threads(threads)
