@@ -77,7 +77,9 @@ MODES = {"paper-exact": {"training_mode": "paper-exact"}, "batch-local": {"train
          "paper-exact-bf16-features": {"training_mode": "paper-exact", "feature_precision": "bfloat16"},
          "batch-local-bf16-features": {"training_mode": "batch-local", "feature_precision": "bfloat16"},
          "paper-exact-bf16": {"training_mode": "paper-exact", "feature_precision": "bfloat16", "bf16_logits": True},
-         "batch-local-bf16": {"training_mode": "batch-local", "feature_precision": "bfloat16", "bf16_logits": True}}
+         "batch-local-bf16": {"training_mode": "batch-local", "feature_precision": "bfloat16", "bf16_logits": True},
+         "batch-local-bf16-features-anchors": {"training_mode": "batch-local", "feature_precision": "bfloat16",
+                                               "nce_anchors": 256}}
 
 
 @dataclass(frozen=True)
