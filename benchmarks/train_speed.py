@@ -187,11 +187,16 @@ def measure(dataset: Dataset, config: DGMRecConfig, epochs: int, max_batches: in
             "peak_gpu_mb": torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else None}
 
 
+def mode_config(mode: str, seed: int, batch_size: int = 0) -> DGMRecConfig:
+    """The config a mode trains with: float32 feature rows unless the mode names bfloat16, so each mode measures
+    what it always measured (the default 'auto' picks by hardware); ``batch_size`` 0: the default."""
+    config = replace(DGMRecConfig(), seed=seed, **{"feature_precision": "float32", **MODES[mode]})
+    return replace(config, batch_size=batch_size or config.batch_size)
+
+
 def run_child(args: argparse.Namespace) -> dict:
     """One (scenario, mode) measurement in this process."""
-    # float32 unless the mode names bfloat16: the modes measure what they always measured ('auto' picks by hardware)
-    config = replace(DGMRecConfig(), seed=args.seed, feature_precision="float32", **MODES[args.mode])
-    config = replace(config, batch_size=args.batch_size or config.batch_size)
+    config = mode_config(args.mode, args.seed, args.batch_size)
     t0 = time.perf_counter()
     if args.child == "ml100k":
         from dgmrec_core.mmrec import load_mmrec

@@ -1,22 +1,21 @@
-"""What training batches read of the raw feature rows, made once per version of the rows.
+"""What training batches read of the raw feature rows.
 
 A batch multiplies its items' raw feature rows (up to 4,096 wide) with the encoders' and the decoders'
-weights, forward and backward, and the reconstruction loss needs each row's squared norm. Neither the rows
-nor their norms change between batches: only generation (once per epoch) and loading write into them. So:
+weights, forward and backward, and the reconstruction loss needs each row's squared norm.
 
-- the squared norms of every row are computed once per version of the rows, not on every batch (the same
-  values; ``config.train_features``, where the rows train, keeps computing them on the batch);
-- with ``config.feature_precision`` 'bfloat16' (or 'auto' on a CPU with bfloat16 units: ``bf16_pays``), the
-  rows are read from a bfloat16 copy made once per version, so the wide products run in bfloat16
-  (docs/DESIGN.md, "Other named deviations"): on a CPU with AVX512-BF16 or AMX they are several times
-  faster than float32, and the batch gathers half the bytes.
-
-A version is the tensor's storage and in-place version counter: a write into the rows (generation's
-``feat[rows] = ...``, ``copy_``, a load) moves the counter; a tensor put in its place has other storage.
+- The squared norms do not change between batches: only generation (once per epoch) and loading write into
+  the rows. They are made once per version of the rows, not on every batch (the same values;
+  ``config.train_features``, where the rows train, keeps computing them on the batch). A version is the
+  tensor's storage and in-place version counter: a write into the rows (generation's ``feat[rows] = ...``,
+  ``copy_``, a load) moves the counter; a tensor put in its place has other storage.
+- With ``config.feature_precision`` 'bfloat16' (or 'auto' on a CPU with bfloat16 units: ``bf16_pays``) the
+  batch's rows are cast to bfloat16 once gathered, so the wide products run in bfloat16 (docs/DESIGN.md,
+  "Other named deviations"): on a CPU with AVX512-BF16 or AMX they run several times faster than in
+  float32. The cast is per batch, not a bfloat16 copy of the catalog kept beside the float32 rows: a copy
+  saves one pass over the batch's rows and costs half the features' memory again (2 GB for a million
+  1,024-wide items).
 """
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -39,38 +38,27 @@ def _version(x: torch.Tensor) -> tuple:
     return x.data_ptr(), x._version, tuple(x.shape), x.device
 
 
-@dataclass
-class _Copy:
-    version: tuple
-    squared_norms: torch.Tensor
-    low_precision: torch.Tensor | None
-
-
 class FeatureRows:
-    """Per modality, the squared norms (float32) of every feature row and, on request, a bfloat16 copy."""
+    """Per modality, the squared norms (float32) of every feature row, made once per version of the rows."""
 
     def __init__(self) -> None:
-        self._copies: dict[int, _Copy] = {}
+        self._norms: dict[int, tuple[tuple, torch.Tensor]] = {}
 
     def clear(self) -> None:
-        self._copies.clear()
+        self._norms.clear()
 
-    def _copy(self, m: int, x: torch.Tensor, low_precision: bool) -> _Copy:
-        copy = self._copies.get(m)
-        if copy is None or copy.version != _version(x) or (low_precision and copy.low_precision is None):
+    def squared_norms(self, m: int, x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """|x_i|^2 of the rows ``items`` of modality m's rows ``x``."""
+        version, norms = self._norms.get(m, (None, None))
+        if version != _version(x):
             with torch.no_grad():
                 rows = x.detach()
                 norms = torch.cat([(chunk * chunk).sum(1) for chunk in rows.split(_NORM_CHUNK)]) if len(rows) \
                     else rows.new_zeros(0)
-                copy = _Copy(_version(x), norms, rows.to(torch.bfloat16) if low_precision else None)
-            self._copies[m] = copy
-        return copy
+            self._norms[m] = (_version(x), norms)
+        return norms[items]
 
-    def squared_norms(self, m: int, x: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """|x_i|^2 of the rows ``items`` of modality m's rows ``x``."""
-        return self._copy(m, x, False).squared_norms[items]
 
-    def bf16(self, m: int, x: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The rows ``items`` (all when None) of modality m's rows ``x`` in bfloat16."""
-        values = self._copy(m, x, True).low_precision
-        return values if items is None else values.index_select(0, items)
+def bf16_rows(x: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    """The rows ``items`` (all when None) of ``x`` in bfloat16."""
+    return (x if items is None else x.index_select(0, items)).to(torch.bfloat16)

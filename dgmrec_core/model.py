@@ -18,7 +18,7 @@ from . import batch_local, epoch_work
 from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute, shareable
-from .feature_rows import FeatureRows, bf16_pays
+from .feature_rows import FeatureRows, bf16_pays, bf16_rows
 from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph
@@ -71,7 +71,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         self._mean_filters: list[torch.Tensor] | None = None
         self._calibration_pass: tuple | None = None  # generator.update_calibration's last pass, while still valid
         self._cache: batch_local.PropagationCache | None = None
-        self._rows = FeatureRows()  # the squared norms and bfloat16 copies training batches read
+        self._rows = FeatureRows()  # the rows' squared norms, made once per version of the rows
 
     # ----------------------------------------------------------------- set-up
     def pair_key(self, src: int, dst: int) -> str:
@@ -85,11 +85,11 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         return getattr(self, f"feat_{m}")
 
     def training_rows(self, m: int, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The feature rows ``items`` (all when None) as training reads them: from the bfloat16 copy while
-        training where ``config.feature_precision`` says so (``feature_rows.bf16_pays``), else the rows."""
+        """The feature rows ``items`` (all when None) as training reads them: cast to bfloat16 while training
+        where ``config.feature_precision`` says so (``feature_rows.bf16_pays``), else the rows themselves."""
         c = self.config
         if self.training and not c.train_features and bf16_pays(c.feature_precision, self.features(m).device):
-            return self._rows.bf16(m, self.features(m), items)
+            return bf16_rows(self.features(m), items)
         return self.features(m) if items is None else self.features(m)[items]
 
     @property
@@ -379,7 +379,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
 
     def finish_training(self, seed: int) -> None:
         """The generation refit on the restored best state (scores unchanged); the last kept generation pass and
-        the training rows' copies let go."""
+        the rows' squared norms let go."""
         self._calibration_pass = None
         self._rows.clear()
         if self.config.generation and self.config.gen_refit_steps:

@@ -1,5 +1,5 @@
 """The feature rows training batches read (dgmrec_core.feature_rows): squared norms made once per version of
-the rows, and the bfloat16 copy of ``config.feature_precision``."""
+the rows, and the bfloat16 rows of ``config.feature_precision``."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -10,7 +10,7 @@ import torch
 from conftest import make_toy_dataset
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
-from dgmrec_core.feature_rows import FeatureRows, bf16_pays
+from dgmrec_core.feature_rows import FeatureRows, bf16_pays, bf16_rows
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 
@@ -25,21 +25,20 @@ def _model(dataset, config: DGMRecConfig) -> DGMRec:
     return model
 
 
-def test_norms_and_copy_follow_every_write_into_the_rows() -> None:
+def test_norms_follow_every_write_into_the_rows() -> None:
     x = torch.randn(50, 7)
     rows = FeatureRows()
     items = torch.tensor([4, 0, 31])
     assert torch.equal(rows.squared_norms(0, x, items), (x * x).sum(1)[items])
-    assert torch.equal(rows.bf16(0, x), x.to(torch.bfloat16))
     x[0:10][torch.arange(10) == 4] = 3.0  # a write through a view, as generation writes its rows
     assert rows.squared_norms(0, x, items)[0].item() == pytest.approx(9.0 * 7)
-    assert torch.equal(rows.bf16(0, x, items), x[items].to(torch.bfloat16))
     y = torch.randn(50, 7)  # another tensor in the rows' place
     assert torch.equal(rows.squared_norms(0, y, items), (y * y).sum(1)[items])
-    assert torch.equal(rows.bf16(0, y), y.to(torch.bfloat16))
     assert torch.equal(rows.squared_norms(1, x, items), (x * x).sum(1)[items])  # each modality its own
     rows.clear()
     assert rows.squared_norms(0, torch.zeros(0, 7), torch.zeros(0, dtype=torch.long)).shape == (0,)
+    assert torch.equal(bf16_rows(x, items), x[items].to(torch.bfloat16))
+    assert torch.equal(bf16_rows(x), x.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("mode", ["paper-exact", "batch-local"])
@@ -102,10 +101,10 @@ def test_bfloat16_rows_change_the_wide_products_only(mode: str) -> None:
         assert torch.equal(exact.forward_parts().gf[0], low.forward_parts().gf[0])
 
 
-def test_bfloat16_rows_still_learn_the_toy_and_let_the_copy_go() -> None:
+def test_bfloat16_rows_still_learn_the_toy_and_the_norms_are_let_go() -> None:
     result = fit(make_toy_dataset(), replace(FAST, epochs=25, lr=1e-2, feature_precision="bfloat16"), progress=False)
     assert result.test["recall@20"] > 0.5
-    assert not result.model._rows._copies  # finish_training let the copies go
+    assert not result.model._rows._norms  # finish_training let them go
 
 
 def test_bfloat16_rows_refuse_trained_rows_by_name() -> None:

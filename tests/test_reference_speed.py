@@ -145,3 +145,13 @@ def test_records_name_the_allocator_and_batch_size_and_differ_by_them(tmp_path, 
     assert sorted(r["sec_per_epoch"] for r in json.loads(path.read_text())) == [2.0, 10.25, 21.85]
     merge_records([{**base, "allocator": "glibc default", "batch_size": 2048, "sec_per_epoch": 22.0}], path)
     assert sorted(r["sec_per_epoch"] for r in json.loads(path.read_text())) == [2.0, 10.25, 22.0]
+
+
+def test_every_mode_builds_its_config() -> None:
+    """Each train_speed mode is a valid config; the modes are float32 unless they name bfloat16."""
+    for mode, options in train_speed.MODES.items():
+        config = train_speed.mode_config(mode, seed=3, batch_size=1024)
+        assert (config.seed, config.batch_size) == (3, 1024)
+        assert all(getattr(config, key) == value for key, value in options.items()), mode
+        assert config.feature_precision == options.get("feature_precision", "float32"), mode
+    assert train_speed.mode_config("paper-exact", 0).batch_size == train_speed.DGMRecConfig().batch_size
