@@ -123,11 +123,11 @@ class DGMRecConfig:
                                       "float32 throughout; on CPU it is no faster at distinct-row sizes, and each "
                                       "new shape grows oneDNN's primitive cache)")
     feature_precision: str = option("auto", "precision of the training batches' products with the raw feature "
-                                            "rows (encoders and decoder targets): 'bfloat16' reads them from a "
-                                            "bfloat16 copy made once per epoch, 'float32' the rows themselves, "
-                                            "'auto' (the default) bfloat16 on a CPU with bfloat16 units "
-                                            "(AVX512-BF16 or AMX), else float32 (docs/DESIGN.md, 'Other named "
-                                            "deviations'); generation, validation and search stay float32")
+                                            "rows (encoders and decoder targets): 'bfloat16' casts the batch's rows "
+                                            "to bfloat16 for them, 'float32' keeps them, 'auto' (the default) "
+                                            "bfloat16 on a CPU with bfloat16 units (AVX512-BF16 or AMX), else "
+                                            "float32 (docs/DESIGN.md, 'Other named deviations'); generation, "
+                                            "validation and search stay float32")
     nce_anchors: int = option(0, "anchors of the paper's InfoNCE alignment terms per batch: 0 (the paper) scores "
                                  "every distinct user or item of the batch against every other; N > 0 scores N "
                                  "of them, drawn uniformly, against every other (an unbiased estimate of the "
@@ -162,8 +162,8 @@ class DGMRecConfig:
                                       f"got {value!r}")
         if self.feature_precision == "bfloat16" and self.train_features:
             raise DataError(None, "config options feature_precision bfloat16 (--feature-precision) and "
-                                  "train_features (--train-features) exclude each other: trained rows have no "
-                                  "bfloat16 copy")
+                                  "train_features (--train-features) exclude each other: rows that train stay "
+                                  "float32")
         if self.avg_lambda > 1:
             raise DataError(None, f"config option avg_lambda (--avg-lambda) must be in [0, 1], got {self.avg_lambda!r}")
 
