@@ -33,49 +33,6 @@ def sample_anchors(n: int, anchors: int, device: torch.device) -> torch.Tensor |
     return torch.randperm(n, device=device)[:anchors] if 0 < anchors < n else None
 
 
-class _ProductCrossEntropy(torch.autograd.Function):
-    """``scale * sum_k -log_softmax(left @ right.T, dim=1)[rows[k], cols[k]]`` with one (n_left, n_right) matrix
-    and no other: forward, the product and its row log-sum-exp; backward, the softmax made in place in the
-    product's own memory, already weighted by each row's share, and the two products of the gradients. The
-    positives' logits are row dot products, their gradient ``index_add``s: nothing indexes, fills or
-    scatters into the matrix. The autograd form (``log_softmax``, then the gather) passes over the matrix
-    about twice as often, and keeps two of them to the backward pass."""
-
-    @staticmethod
-    def forward(ctx, left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                scale: float) -> torch.Tensor:
-        logits = left @ right.T
-        lse = torch.logsumexp(logits, dim=1)
-        positives = (left[rows] * right[cols]).sum(1)
-        ctx.save_for_backward(left, right, rows, cols, lse)
-        ctx.scale, ctx.logits = scale, logits  # an intermediate: its memory becomes the softmax in backward
-        return (lse[rows].sum() - positives.sum()) * scale
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        left, right, rows, cols, lse = ctx.saved_tensors
-        # a second backward pass over a retained graph makes them again: the first one overwrote them
-        logits = ctx.logits if ctx.logits is not None else left @ right.T
-        ctx.logits = None
-        step = grad * ctx.scale  # a 0-d tensor: nothing here waits for a GPU
-        share = torch.bincount(rows, minlength=left.shape[0]).to(lse.dtype) * step.abs()  # each row's weight
-        # |share| * softmax in place, one pass (a zero share gives exp(-inf) = 0); its sign goes on the products
-        softmax = logits.sub_((lse - share.log())[:, None]).exp_()
-        sign = step.sign()
-        grad_left = (softmax @ right).mul_(sign).index_add_(0, rows, right[cols] * -step)
-        grad_right = (softmax.T @ left).mul_(sign).index_add_(0, cols, left[rows] * -step)
-        return grad_left, grad_right, None, None, None
-
-
-def product_cross_entropy(left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
-                          scale: float) -> torch.Tensor:
-    """``scale * sum_k -log_softmax(left @ right.T, dim=1)[rows[k], cols[k]]``, the same value and gradient as
-    that autograd form up to rounding, in fewer passes over the (n_left, n_right) matrix
-    (``_ProductCrossEntropy``). Every row of ``left`` must be among ``rows``."""
-    return _ProductCrossEntropy.apply(left, right, rows, cols, scale)
-
-
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGroups | None = None,
              rows_b: RowGroups | None = None, *, bf16: bool = False, anchors: int = 0) -> torch.Tensor:
     """InfoNCE with cosine similarity of ``a[rows_a]`` against ``b[rows_b]`` (whole tensors when None).
@@ -120,10 +77,9 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, rows_a: RowGr
         if rows_b is not None:  # the log-counts ride in the product as one more column: no pass over the logits
             ua = torch.cat([ua, ua.new_ones(ua.shape[0], 1)], dim=1)
             ub = torch.cat([ub, rows_b.log_counts[:, None]], dim=1)
-        # one product and its cross-entropy, no other pass over the logits (product_cross_entropy)
-        loss = product_cross_entropy(ua, ub, ia, ib, weight / n_rows)
-        # the positives' own log-counts (data, no gradient) are taken off again, over every row
-        return loss + rows_b.log_counts[ib_all].mean() if rows_b is not None else loss
+        logits = ua @ ub.T
+    # log_softmax is one fused pass forward and back; the positives' own log-counts (data, no gradient) are
+    # taken off again, over every row
     scores = -F.log_softmax(logits, dim=1)[ia, ib]
     loss = scores.mean() if picked is None else scores.sum() * (weight / n_rows)
     return loss + rows_b.log_counts[ib_all].mean() if rows_b is not None else loss
@@ -256,8 +212,7 @@ def decoded_match(layer: nn.Linear, z: torch.Tensor, x: torch.Tensor | DecoderTa
     # with the rows [x_j W, x_j . b] / |x_j|: no elementwise pass over the (n, n) logits
     left = torch.cat([z, z.new_ones(z.shape[0], 1)], dim=1) * row_scale[:, None]
     right = torch.cat([t.xw, t.xb[:, None]], dim=1) / t.sq.sqrt().clamp_min(1e-12)[:, None]
-    positions = torch.arange(z.shape[0], device=z.device)
-    nce = product_cross_entropy(left, right, positions, positions, 1 / z.shape[0])
+    nce = -F.log_softmax(left @ right.T, dim=1).diagonal().mean()
     dots = (z * t.xw).sum(1) + t.xb  # layer(z_i) . x_i
     squared_error = sq_norm - 2 * dots + t.sq
     return nce + squared_error.clamp_min(0).sum() / (z.shape[0] * t.width)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dgmrec_core.graphs import CsrProduct
-from dgmrec_core.losses import RowGroups, info_nce, product_cross_entropy
+from dgmrec_core.losses import RowGroups, info_nce
 
 
 def batch_info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -115,35 +115,3 @@ def test_sampled_anchors_estimate_the_full_info_nce_without_bias(grouped: bool) 
     for k, g in enumerate(full_grads):
         mean_grad = torch.stack([d[1][k] for d in draws]).mean(0)
         assert torch.allclose(mean_grad, g, atol=0.05 * g.abs().max())
-
-
-@pytest.mark.parametrize("repeats", [False, True])
-def test_product_cross_entropy_equals_the_autograd_form(repeats: bool) -> None:
-    """Value and gradients of the fused cross-entropy equal log_softmax-then-gather's, with repeated rows and
-    columns (distinct users and items of a batch) or one positive per row; a second backward pass over a
-    retained graph gives the same gradients again; float64 gradcheck."""
-    torch.manual_seed(0)
-    left, right = torch.randn(9, 5, requires_grad=True), torch.randn(13, 5, requires_grad=True)
-    if repeats:
-        rows = torch.cat([torch.arange(9), torch.randint(0, 9, (20,))])
-        cols = torch.randint(0, 13, (29,))
-    else:
-        rows, cols = torch.arange(9), torch.randperm(13)[:9]
-    scale = 1 / len(rows)
-    expected = -F.log_softmax(left @ right.T, dim=1)[rows, cols].sum() * scale
-    want = torch.autograd.grad(expected, (left, right), retain_graph=True)
-    got = product_cross_entropy(left, right, rows, cols, scale)
-    torch.testing.assert_close(got, expected)
-    first = torch.autograd.grad(got, (left, right), retain_graph=True)
-    second = torch.autograd.grad(got, (left, right))
-    for w, a, b in zip(want, first, second):
-        torch.testing.assert_close(a, w)
-        torch.testing.assert_close(b, w)
-    for outer in (-2.5, 0.0):  # the loss scaled by a negative weight, or by none
-        want = torch.autograd.grad(expected, (left, right), grad_outputs=torch.tensor(outer), retain_graph=True)
-        got_grads = torch.autograd.grad(product_cross_entropy(left, right, rows, cols, scale), (left, right),
-                                        grad_outputs=torch.tensor(outer))
-        for w, g in zip(want, got_grads):
-            torch.testing.assert_close(g, w)
-    l64, r64 = left.detach().double().requires_grad_(), right.detach().double().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: product_cross_entropy(a, b, rows, cols, scale), (l64, r64))
