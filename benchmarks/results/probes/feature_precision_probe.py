@@ -78,7 +78,8 @@ def main() -> None:
         model.end_epoch()
     ratios = [b / f for f, b in zip(times["float32"], times["bfloat16"])]
     out = {"scenario": args.scenario, "threads": args.threads, "batches": len(ratios),
-           "float32_batch_s": statistics.median(times["float32"]), "bfloat16_batch_s": statistics.median(times["bfloat16"]),
+           "float32_batch_s": statistics.median(times["float32"]),
+           "bfloat16_batch_s": statistics.median(times["bfloat16"]),
            "median_ratio": statistics.median(ratios), "ratio_q25_q75": list(np.quantile(ratios, [0.25, 0.75]))}
     print(json.dumps(out))
 
