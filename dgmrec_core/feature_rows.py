@@ -12,8 +12,8 @@ weights, forward and backward, and the reconstruction loss needs each row's squa
   batch's rows are cast to bfloat16 once gathered, so the wide products run in bfloat16 (docs/DESIGN.md,
   "Other named deviations"): on a CPU with AVX512-BF16 or AMX they run several times faster than in
   float32. The cast is per batch, not a bfloat16 copy of the catalog kept beside the float32 rows: a copy
-  saves one pass over the batch's rows and costs half the features' memory again (2 GB for a million
-  1,024-wide items).
+  measured no faster (benchmarks/RESULTS.md section 2e) and costs half the features' memory again (2 GB
+  for a million 1,024-wide items).
 """
 from __future__ import annotations
 
