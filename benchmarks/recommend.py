@@ -42,10 +42,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 from dgmrec_core.atomic import atomic_write_text  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
-from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
 from dgmrec_core.distributed import resolve_device  # noqa: E402
 from dgmrec_core.errors import DataError  # noqa: E402
+from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.stopping import trend_windows  # noqa: E402
