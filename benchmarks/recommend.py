@@ -45,7 +45,7 @@ from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset  # noqa: E402
 from dgmrec_core.distributed import resolve_device  # noqa: E402
 from dgmrec_core.errors import DataError  # noqa: E402
-from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
+from dgmrec_core.feature_rows import precision_name  # noqa: E402
 from dgmrec_core.masking import make_new_item_split, make_sparse_split  # noqa: E402
 from dgmrec_core.mmrec import load_mmrec  # noqa: E402
 from dgmrec_core.stopping import trend_windows  # noqa: E402
@@ -342,8 +342,7 @@ def main() -> None:
             record["stop_rising_sigmas"] = base.stop_rising_sigmas  # absent: the reference rule alone (0)
             record["stop_trend_windows"] = list(trend_windows(base.patience))  # absent: [patience] (2004a63)
             config = replace(base, **MODELS[model])  # absent: float32 (before 'auto', the only precision)
-            bf16 = bf16_pays(config.feature_precision, resolve_device(args.device))
-            record["feature_precision"] = "bfloat16" if bf16 else "float32"
+            record["feature_precision"] = precision_name(config.feature_precision, resolve_device(args.device))
             if resumed:
                 record["resumed"] = True  # wall_s is this invocation's part only
             records = merge_records(records, [record])

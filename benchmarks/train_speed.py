@@ -47,7 +47,7 @@ from benchmarks.reference_speed import allocator  # noqa: E402
 from benchmarks.scale_records import merge_records  # noqa: E402
 from dgmrec_core.config import DGMRecConfig  # noqa: E402
 from dgmrec_core.data import Dataset, Modality  # noqa: E402
-from dgmrec_core.feature_rows import bf16_pays  # noqa: E402
+from dgmrec_core.feature_rows import precision_name  # noqa: E402
 from dgmrec_core.graphs import chunked_cosine_knn  # noqa: E402
 from dgmrec_core.interactions import build_interactions  # noqa: E402
 from dgmrec_core.masking import make_missing_mask  # noqa: E402
@@ -219,9 +219,8 @@ def run_child(args: argparse.Namespace) -> dict:
         from benchmarks.knn import faiss_knn
 
         out = measure(dataset, config, 1, args.batches, faiss_knn, args.device)
-    precision = "bfloat16" if bf16_pays(config.feature_precision, torch.device(out["device"])) else "float32"
     return {**out, "data_s": data_s, "train_interactions": int(len(dataset.interactions.train)),
-            "feature_precision": precision}
+            "feature_precision": precision_name(config.feature_precision, torch.device(out["device"]))}
 
 
 def run_all(args: argparse.Namespace) -> list[dict]:

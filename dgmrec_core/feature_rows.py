@@ -34,6 +34,16 @@ def bf16_pays(precision: str, device: torch.device) -> bool:
     return device.type == "cpu" and any(bool(check()) for check in checks if check is not None)
 
 
+def precision_name(precision: str, device: torch.device) -> str:
+    """'bfloat16' or 'float32': what training on ``device`` reads the rows in (``bf16_pays``), as records name it."""
+    return "bfloat16" if bf16_pays(precision, device) else "float32"
+
+
+def product_in_rows_precision(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w`` made in the precision of the rows ``x`` (bfloat16 rows: a bfloat16 product), returned in ``w``'s."""
+    return (x @ w.to(x.dtype)).to(w.dtype)
+
+
 def _version(x: torch.Tensor) -> tuple:
     return x.data_ptr(), x._version, tuple(x.shape), x.device
 

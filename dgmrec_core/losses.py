@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .feature_rows import product_in_rows_precision
+
 
 def bpr_loss(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Bayesian personalised ranking: -log sigmoid(u.p - u.n), averaged."""
@@ -150,9 +152,9 @@ class DecoderTargets(NamedTuple):
     def of(cls, layer: nn.Linear, x: torch.Tensor, sq: torch.Tensor | None = None) -> "DecoderTargets":
         """``sq``: the rows' squared norms where already known. Rows in a lower precision than the layer
         (``config.feature_precision``) are multiplied in theirs; the products come back in the layer's."""
-        dtype = layer.weight.dtype
-        xw, xb = (x @ layer.weight.to(x.dtype)).to(dtype), (x @ layer.bias.to(x.dtype)).to(dtype)
-        return cls(xw, xb, (x * x).sum(1, dtype=dtype) if sq is None else sq, x.shape[1], DecoderGram.of(layer))
+        xw, xb = product_in_rows_precision(x, layer.weight), product_in_rows_precision(x, layer.bias)
+        sq = (x * x).sum(1, dtype=layer.weight.dtype) if sq is None else sq
+        return cls(xw, xb, sq, x.shape[1], DecoderGram.of(layer))
 
     def rows(self, index: torch.Tensor) -> "DecoderTargets":
         return DecoderTargets(self.xw[index], self.xb[index], self.sq[index], self.width, self.gram)

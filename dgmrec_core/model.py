@@ -18,7 +18,7 @@ from . import batch_local, epoch_work
 from .config import DGMRecConfig
 from .data import Dataset
 from .features import impute, shareable
-from .feature_rows import FeatureRows, bf16_pays, bf16_rows
+from .feature_rows import FeatureRows, bf16_pays, bf16_rows, product_in_rows_precision
 from .generator import GenerationMixin, catalog_mean
 from .cold_items import UntrainedItemsMixin
 from .graphs import KnnFn, chunked_cosine_knn, modality_knn_graph
@@ -160,7 +160,7 @@ class DGMRec(GenerationMixin, UntrainedItemsMixin, LightGCN):
         d = self.config.embedding_size
         enc_g, enc_s = self.enc_general[m], self.enc_specific[m]
         w = torch.cat([enc_g.weight.T, enc_s.weight.T], dim=1)
-        out = (x @ w.to(x.dtype)).to(w.dtype)  # rows in bfloat16 (config.feature_precision): the product in theirs
+        out = product_in_rows_precision(x, w)  # rows in bfloat16 (config.feature_precision): the product in theirs
         return self._general_head(out[:, :d] + enc_g.bias), torch.sigmoid(out[:, d:] + enc_s.bias)
 
     def generation_general(self, m: int, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from conftest import make_toy_dataset
 from dgmrec_core.config import DGMRecConfig
 from dgmrec_core.errors import DataError
-from dgmrec_core.feature_rows import FeatureRows, bf16_pays, bf16_rows
+from dgmrec_core.feature_rows import FeatureRows, bf16_pays, bf16_rows, precision_name
 from dgmrec_core.model import DGMRec
 from dgmrec_core.trainer import fit
 
@@ -125,4 +125,5 @@ def test_auto_precision_follows_the_hardware(monkeypatch) -> None:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
         assert bf16_pays("auto", cpu) is has_units
         assert bf16_pays("bfloat16", cpu) and not bf16_pays("float32", cpu)
+        assert precision_name("auto", cpu) == ("bfloat16" if has_units else "float32")
     assert not bf16_pays("auto", torch.device("meta"))  # not a CPU: not measured there, float32
